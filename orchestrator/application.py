@@ -1,0 +1,317 @@
+"""The embedded orchestrator: the service layer over the event store.
+
+`Orchestrator` is the library object a program creates and drives. It accepts
+commands (validation, entity locks and all expected tasks in one
+transaction), answers questions, seeds an inventory, and hands out the task
+manager that executes accepted commands.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.utils import get_topic
+from pydantic import BaseModel
+
+from orchestrator.agent.simulator import SimulatedAgent, default_agent_state_path
+from orchestrator.crashpoints import crash_point
+from orchestrator.domain.commands import RootCommand
+from orchestrator.domain.inventory import (
+    ENTITY_CLASSES,
+    Disk,
+    InventoryEntity,
+    StorageDomain,
+    Vm,
+)
+from orchestrator.domain.model import EntityRef, EntityType, entity_aggregate_id
+from orchestrator.errors import (
+    CommandRefusedError,
+    DuplicateCommandError,
+    EntityLockedError,
+    NotFoundError,
+    StoreError,
+)
+from orchestrator.flows import get_flow
+from orchestrator.flows.base import PlanContext
+from orchestrator.store import StoreConfig, parse_store_url, prepare_store, store_url_from_env
+from projections.db import ViewDatabase
+from projections.queries import ViewQueries
+from projections.runner import ProjectionRunner
+
+log = logging.getLogger("orchestrator")
+ACCEPT_ATTEMPTS = 20
+SEED_DOMAINS = ("sd-1", "sd-2")
+
+
+class OrchestratorApp(Application[UUID]):
+    """The event-sourced application: one event store, one notification log."""
+
+    name = "Orchestrator"
+    # Entities live long and every command locks some: snapshots keep them quick to load.
+    snapshotting_intervals = {cls: 100 for cls in ENTITY_CLASSES.values()}
+
+
+def registered_topics() -> list[str]:
+    return [get_topic(cls.Registered) for cls in ENTITY_CLASSES.values()]
+
+
+class InventoryUnit:
+    """The inventory entities one transaction reads and changes (a unit of work)."""
+
+    def __init__(self, app: OrchestratorApp) -> None:
+        self.app = app
+        self.entities: dict[EntityRef, InventoryEntity] = {}
+
+    def get(self, ref: EntityRef) -> InventoryEntity | None:
+        if ref not in self.entities:
+            if ref.type not in ENTITY_CLASSES:
+                return None
+            try:
+                entity = self.app.repository.get(entity_aggregate_id(ref))
+            except AggregateNotFoundError:
+                return None
+            assert isinstance(entity, InventoryEntity)
+            self.entities[ref] = entity
+        return self.entities[ref]
+
+    def add(self, entity: InventoryEntity) -> None:
+        self.entities[entity.ref] = entity
+
+    def touched(self) -> list[InventoryEntity]:
+        return [e for e in self.entities.values() if e.pending_events]
+
+    def release_locks(self, command: RootCommand) -> None:
+        for use in command.entities:
+            entity = self.get(use.ref)
+            if entity is not None:
+                entity.release_lock(str(command.id))
+
+
+class SubmitResult(BaseModel):
+    """The answer to `submit`: the command id is also its idempotency key."""
+
+    command_id: UUID
+    flow: str
+    summary: str
+    tasks: int
+    duplicate: bool
+
+
+class SeededVm(BaseModel):
+    vm_id: str
+    disk_ids: list[str]
+
+
+class SeedResult(BaseModel):
+    storage_domains: list[str]
+    vms: list[SeededVm]
+
+
+@dataclass
+class Orchestrator:
+    """The embedded orchestrator over one store and one (simulated) agent."""
+
+    config: StoreConfig
+    app: OrchestratorApp
+    views: ViewDatabase
+    projections: ProjectionRunner
+    queries: ViewQueries
+    agent_state: Path
+
+    @classmethod
+    def open(
+        cls, store: str | None = None, *, agent_state: Path | None = None, create: bool = True
+    ) -> Orchestrator:
+        config = parse_store_url(store_url_from_env(store))
+        prepare_store(config, create=create)
+        env = {**config.eventsourcing_env(), "AGGREGATE_CACHE_MAXSIZE": "5000"}
+        try:
+            app = OrchestratorApp(env=env)
+        except PersistenceError as exc:
+            raise StoreError(f"cannot open {config.redacted}: {config.scrub(str(exc))}") from None
+        views = ViewDatabase(config)
+        runner = ProjectionRunner(views, app.recorder, app.mapper)
+        runner.ensure_tables()
+        state = agent_state or default_agent_state_path(config.path)
+        return cls(config, app, views, runner, ViewQueries(views), state)
+
+    def close(self) -> None:
+        self.views.close()
+        self.app.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open_agent(self) -> SimulatedAgent:
+        return SimulatedAgent.open(self.agent_state)
+
+    # ---- commands --------------------------------------------------------------------------
+
+    def submit(self, flow_name: str, params: str | dict[str, Any], command_id: UUID | None = None) -> SubmitResult:
+        """Validate and durably accept a command with all its expected tasks and locks.
+
+        Nothing is recorded unless everything is: the command, its children,
+        every expected task and every entity lock go in one transaction. A
+        concurrent change to any entity involved makes the store refuse the
+        transaction (optimistic concurrency); we then re-read and re-validate.
+        """
+        flow = get_flow(flow_name)
+        parsed = flow.parse_params(params)
+        command_id = command_id or uuid4()
+        for _ in range(ACCEPT_ATTEMPTS):
+            existing = self._existing_command(command_id)
+            if existing is not None:
+                return self._duplicate(existing, flow.name, parsed.model_dump(mode="json"))
+            unit = InventoryUnit(self.app)
+            ctx = PlanContext(command_id, unit, self._running_tasks_on)
+            plan = flow.plan(ctx, parsed)
+            for entity in plan.new_entities:
+                unit.add(entity)
+            self._check_locks(plan.entities, unit, str(command_id))
+            command = RootCommand.accept(
+                command_id,
+                flow.name,
+                parsed.model_dump(mode="json"),
+                plan.summary,
+                plan.entities,
+                [c.to_record() for c in plan.children],
+            )
+            for use in plan.entities:
+                entity = unit.get(use.ref)
+                assert entity is not None
+                entity.take_lock(str(command_id), flow.name, use.mode)
+            try:
+                self.app.save(command, *unit.touched())
+            except IntegrityError:
+                continue  # someone changed an entity (or this id) meanwhile: read again
+            crash_point("after_accept")
+            tasks = sum(len(c.tasks) for c in plan.children)
+            return SubmitResult(command_id=command_id, flow=flow.name, summary=plan.summary, tasks=tasks, duplicate=False)
+        raise CommandRefusedError("the entities of this command kept changing under it; try again")
+
+    def _existing_command(self, command_id: UUID) -> RootCommand | None:
+        try:
+            command = self.app.repository.get(command_id)
+        except AggregateNotFoundError:
+            return None
+        if not isinstance(command, RootCommand):
+            raise DuplicateCommandError(f"id {command_id} is already used by something that is not a command")
+        return command
+
+    @staticmethod
+    def _duplicate(existing: RootCommand, flow: str, params: dict[str, Any]) -> SubmitResult:
+        if existing.flow != flow or existing.params != params:
+            raise DuplicateCommandError(
+                f"command id {existing.id} is already used by a {existing.flow} command with other parameters"
+            )
+        return SubmitResult(
+            command_id=existing.id, flow=flow, summary=existing.summary, tasks=len(existing.tasks), duplicate=True
+        )
+
+    def _check_locks(self, uses: list[Any], unit: InventoryUnit, command_id: str) -> None:
+        for use in uses:
+            entity = unit.get(use.ref)
+            if entity is None:
+                raise CommandRefusedError(f"{use.ref.type.value} {use.ref.id} does not exist")
+            conflict = entity.lock_conflict(command_id, use.mode)
+            if conflict is not None:
+                holder, lock = conflict
+                raise EntityLockedError(
+                    f"{use.ref.type.value} {use.ref.id} is locked ({lock['mode']}) by {lock['command_type']} "
+                    f"command {holder}; try again when it has ended"
+                )
+
+    def _running_tasks_on(self, ref: EntityRef) -> list[str]:
+        self.projections.catch_up()
+        return [row.task_id for row in self.queries.tasks_for_entity(ref, running_only=True)]
+
+    def command(self, command_id: UUID | str, version: int | None = None) -> RootCommand:
+        try:
+            ident = command_id if isinstance(command_id, UUID) else UUID(str(command_id))
+        except ValueError:
+            raise NotFoundError(f"{command_id!r} is not a command id (a UUID)") from None
+        try:
+            command = self.app.repository.get(ident, version=version)
+        except AggregateNotFoundError:
+            raise NotFoundError(f"no command {ident} in {self.config.redacted}") from None
+        if not isinstance(command, RootCommand):
+            raise NotFoundError(f"{ident} is not a command")
+        return command
+
+    def request_cancel(self, command_id: UUID | str, reason: str = "cancelled by user") -> RootCommand:
+        for _ in range(ACCEPT_ATTEMPTS):
+            command = self.command(command_id)
+            if command.ended:
+                raise CommandRefusedError(f"command {command.id} has already ended ({command.status.value})")
+            command.request_cancel(reason)
+            try:
+                self.app.save(command)
+            except IntegrityError:
+                continue
+            return command
+        raise CommandRefusedError("the command kept changing; try again")
+
+    # ---- inventory -------------------------------------------------------------------------
+
+    def entity(self, ref: EntityRef) -> InventoryEntity | None:
+        return InventoryUnit(self.app).get(ref)
+
+    def entity_ids(self) -> Iterator[UUID]:
+        position = 0
+        topics = registered_topics()
+        while True:
+            page = self.app.recorder.select_notifications(
+                start=position, limit=1000, topics=topics, inclusive_of_start=False
+            )
+            for n in page:
+                yield UUID(str(n.originator_id))
+            if len(page) < 1000:
+                return
+            position = page[-1].id
+
+    def inventory(self) -> list[InventoryEntity]:
+        out = []
+        for ident in dict.fromkeys(self.entity_ids()):
+            entity = self.app.repository.get(ident)
+            assert isinstance(entity, InventoryEntity)
+            out.append(entity)
+        return out
+
+    def seed(self, vms: int, disks: int, status: str = "up") -> SeedResult:
+        """Create storage domains, VMs and their disks, here and on the simulated agent."""
+        existing = {e.ref: e for e in self.inventory()}
+        taken = [int(ref.id.split("-")[1]) for ref in existing if ref.type is EntityType.VM and ref.id[3:].isdigit()]
+        start = max(taken, default=0) + 1
+        new: list[InventoryEntity] = []
+        for sd in SEED_DOMAINS:
+            if EntityRef(EntityType.STORAGE_DOMAIN, sd) not in existing:
+                new.append(StorageDomain.register(sd, name=sd, status="active"))
+        seeded: list[SeededVm] = []
+        volumes: list[tuple[str, str, str]] = []
+        for n in range(start, start + vms):
+            vm_id = f"vm-{n:04d}"
+            disk_ids = [f"disk-{n:04d}-{k}" for k in range(1, disks + 1)]
+            for k, disk_id in enumerate(disk_ids, start=1):
+                image, volume = f"img-{n:04d}-{k}", f"vol-{n:04d}-{k}-base"
+                new.append(Disk.register(disk_id, vm_id=vm_id, storage_domain_id="sd-1", image_id=image, volumes=[volume]))
+                volumes.append(("sd-1", image, volume))
+            new.append(Vm.register(vm_id, name=vm_id, status=status, disk_ids=disk_ids))
+            seeded.append(SeededVm(vm_id=vm_id, disk_ids=disk_ids))
+        agent = self.open_agent()
+        try:
+            agent.backend.seed_storage(SEED_DOMAINS, volumes)  # the agent first: it is the truth
+        finally:
+            agent.close()
+        if new:
+            self.app.save(*new)
+        return SeedResult(storage_domains=list(SEED_DOMAINS), vms=seeded)

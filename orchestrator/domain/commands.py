@@ -1,0 +1,426 @@
+"""The root command aggregate: one event stream per root command.
+
+A root command owns its child commands and every task they expect. All of it
+is recorded by the `Accepted` event, in the same transaction as the entity
+locks, before the agent is called (guarantee G1). Every later lifecycle change
+is an event: submission started, agent task ids attached, submissions refused,
+tasks ended, failure decided, recovery verdicts, the end action started /
+failed / finished, and tasks cleared on the agent.
+
+The aggregate is pure: it never calls the agent or the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from orchestrator.domain.model import (
+    CommandStatus,
+    EndAction,
+    EndKind,
+    EntityUse,
+    TaskStatus,
+    agent_task_key,
+)
+
+
+@dataclass
+class TaskState:
+    task_id: str
+    child_id: str
+    verb: str
+    args: dict[str, Any]
+    entities: list[EntityUse]
+    agent_task_id: str | None = None
+    status: TaskStatus = TaskStatus.PLANNED
+    end_kind: EndKind | None = None
+    message: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    orphan: bool = False  # created on the agent, id found by key during recovery
+    cleared: bool = False  # cleared on the agent, or never there
+    submitted_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+    @property
+    def effect_done(self) -> bool:
+        """The agent did this task's work (even if the task counts as failed, e.g. a zombie)."""
+        return self.status is TaskStatus.SUCCEEDED or bool(self.result.get("agent_succeeded"))
+
+    @property
+    def on_agent(self) -> bool:
+        """The agent holds (or held) this task and it has not been cleared."""
+        return self.agent_task_id is not None and not self.cleared
+
+
+@dataclass
+class ChildState:
+    child_id: str
+    command_type: str
+    task_ids: list[str]
+    outcome: str | None = None
+
+
+@dataclass
+class EndAttempt:
+    action: EndAction
+    attempts: int = 0
+    last_error: str = ""
+    retry_at: datetime | None = None
+
+
+class RootCommand(Aggregate):
+    """A user command and everything it expects of the agent."""
+
+    # ---- events ------------------------------------------------------------------------
+
+    class Accepted(Aggregate.Created):
+        flow: str
+        params: dict[str, Any]
+        summary: str
+        entities: list[list[str]]
+        children: list[dict[str, Any]]
+
+    class SubmissionStarted(Aggregate.Event):
+        def apply(self, aggregate: RootCommand) -> None:
+            aggregate.status = CommandStatus.RUNNING
+            aggregate.started_at = self.timestamp
+
+    class TasksSubmitted(Aggregate.Event):
+        submitted: list[list[str]]  # [task_id, agent_task_id]
+
+        def apply(self, aggregate: RootCommand) -> None:
+            for task_id, agent_task_id in self.submitted:
+                task = aggregate.tasks[task_id]
+                task.agent_task_id = agent_task_id
+                task.status = TaskStatus.RUNNING
+                task.submitted_at = self.timestamp
+
+    class TasksRefused(Aggregate.Event):
+        refused: list[list[str]]  # [task_id, message]
+
+        def apply(self, aggregate: RootCommand) -> None:
+            for task_id, message in self.refused:
+                aggregate._end_task(task_id, TaskStatus.FAILED, EndKind.REFUSED, message, {}, self.timestamp)
+                aggregate.tasks[task_id].cleared = True  # nothing on the agent
+            if aggregate.failure_reason is None:
+                aggregate.failure_reason = f"the agent refused {len(self.refused)} task(s)"
+
+    class OrphansAdopted(Aggregate.Event):
+        orphans: list[list[str]]  # [task_id, agent_task_id]
+
+        def apply(self, aggregate: RootCommand) -> None:
+            for task_id, agent_task_id in self.orphans:
+                task = aggregate.tasks[task_id]
+                task.agent_task_id = agent_task_id
+                task.status = TaskStatus.RUNNING
+                task.orphan = True
+                task.submitted_at = self.timestamp
+
+    class TasksEnded(Aggregate.Event):
+        ended: list[dict[str, Any]]  # task_id, status, kind, message, result
+
+        def apply(self, aggregate: RootCommand) -> None:
+            for item in self.ended:
+                aggregate._end_task(
+                    item["task_id"],
+                    TaskStatus(item["status"]),
+                    EndKind(item["kind"]),
+                    item.get("message", ""),
+                    item.get("result", {}),
+                    self.timestamp,
+                )
+
+    class FailureDecided(Aggregate.Event):
+        reason: str
+        abandoned: list[str]  # planned tasks that will never be submitted
+
+        def apply(self, aggregate: RootCommand) -> None:
+            if aggregate.failure_reason is None:
+                aggregate.failure_reason = self.reason
+            for task_id in self.abandoned:
+                aggregate._end_task(
+                    task_id, TaskStatus.FAILED, EndKind.NOT_SUBMITTED, self.reason, {}, self.timestamp
+                )
+                aggregate.tasks[task_id].cleared = True
+            if aggregate.status is CommandStatus.ACCEPTED:
+                aggregate.status = CommandStatus.RUNNING
+
+    class Recovered(Aggregate.Event):
+        """What recovery decided for this command after an engine start."""
+
+        verdict: str
+        reason: str
+
+        def apply(self, aggregate: RootCommand) -> None:
+            aggregate.recoveries.append((self.timestamp, self.verdict, self.reason))
+
+    class CancelRequested(Aggregate.Event):
+        reason: str
+
+        def apply(self, aggregate: RootCommand) -> None:
+            aggregate.cancel_reason = self.reason
+
+    class EndActionStarted(Aggregate.Event):
+        action: str
+
+        def apply(self, aggregate: RootCommand) -> None:
+            aggregate.status = CommandStatus.ENDING
+            aggregate.end_attempt = EndAttempt(EndAction(self.action))
+
+    class EndActionFailed(Aggregate.Event):
+        action: str
+        attempt: int
+        error: str
+        retry_at: datetime | None
+        fallback: str | None  # the end action to run next, when this one gives up
+
+        def apply(self, aggregate: RootCommand) -> None:
+            attempt = aggregate.end_attempt or EndAttempt(EndAction(self.action))
+            attempt.attempts = self.attempt
+            attempt.last_error = self.error
+            attempt.retry_at = self.retry_at
+            if self.fallback is not None:
+                aggregate.flagged = True
+                attempt = EndAttempt(EndAction(self.fallback))
+            aggregate.end_attempt = attempt
+
+    class Ended(Aggregate.Event):
+        outcome: str  # succeeded | failed
+        reason: str
+        flagged: bool
+        children: dict[str, str]  # child_id -> outcome
+        reverted: list[str]  # tasks whose effect the engine reverted on the agent
+
+        def apply(self, aggregate: RootCommand) -> None:
+            aggregate.status = CommandStatus(self.outcome)
+            aggregate.reverted = list(self.reverted)
+            aggregate.outcome_reason = self.reason
+            aggregate.flagged = aggregate.flagged or self.flagged
+            aggregate.ended_at = self.timestamp
+            for child_id, outcome in self.children.items():
+                aggregate.children[child_id].outcome = outcome
+
+    class TasksCleared(Aggregate.Event):
+        task_ids: list[str]
+
+        def apply(self, aggregate: RootCommand) -> None:
+            for task_id in self.task_ids:
+                aggregate.tasks[task_id].cleared = True
+
+    # ---- construction --------------------------------------------------------------------
+
+    def __init__(
+        self,
+        flow: str,
+        params: dict[str, Any],
+        summary: str,
+        entities: list[list[str]],
+        children: list[dict[str, Any]],
+    ) -> None:
+        self.flow = flow
+        self.params = params
+        self.summary = summary
+        self.entities = [EntityUse.from_record(e) for e in entities]
+        self.children: dict[str, ChildState] = {}
+        self.tasks: dict[str, TaskState] = {}
+        for child in children:
+            task_ids = [t["task_id"] for t in child["tasks"]]
+            self.children[child["child_id"]] = ChildState(child["child_id"], child["command_type"], task_ids)
+            for t in child["tasks"]:
+                self.tasks[t["task_id"]] = TaskState(
+                    task_id=t["task_id"],
+                    child_id=child["child_id"],
+                    verb=t["verb"],
+                    args=dict(t["args"]),
+                    entities=[EntityUse.from_record(e) for e in t["entities"]],
+                )
+        self.status = CommandStatus.ACCEPTED
+        self.failure_reason: str | None = None
+        self.cancel_reason: str | None = None
+        self.outcome_reason = ""
+        self.flagged = False
+        self.end_attempt: EndAttempt | None = None
+        self.started_at: datetime | None = None
+        self.ended_at: datetime | None = None
+        self.recoveries: list[tuple[datetime, str, str]] = []
+        self.reverted: list[str] = []
+
+    @classmethod
+    def accept(
+        cls,
+        command_id: UUID,
+        flow: str,
+        params: dict[str, Any],
+        summary: str,
+        entities: list[EntityUse],
+        children: list[dict[str, Any]],
+    ) -> RootCommand:
+        return cls._create(
+            cls.Accepted,
+            id=command_id,
+            flow=flow,
+            params=params,
+            summary=summary,
+            entities=[e.to_record() for e in entities],
+            children=children,
+        )
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @property
+    def accepted_at(self) -> datetime:
+        return self.created_on
+
+    def task_key(self, task_id: str) -> str:
+        return agent_task_key(self.id, task_id)
+
+    @property
+    def planned_tasks(self) -> list[TaskState]:
+        return [t for t in self.tasks.values() if t.status is TaskStatus.PLANNED]
+
+    @property
+    def running_tasks(self) -> list[TaskState]:
+        return [t for t in self.tasks.values() if t.status is TaskStatus.RUNNING]
+
+    @property
+    def all_tasks_ended(self) -> bool:
+        return all(t.ended for t in self.tasks.values())
+
+    @property
+    def ended(self) -> bool:
+        return self.status.ended
+
+    @property
+    def uncleared_tasks(self) -> list[TaskState]:
+        return [t for t in self.tasks.values() if t.on_agent]
+
+    @property
+    def in_flight(self) -> bool:
+        """Not ended, or ended with tasks still to clear on the agent."""
+        return not self.ended or bool(self.uncleared_tasks)
+
+    @property
+    def due_end_action(self) -> EndAction:
+        """Success only if every expected task was submitted and succeeded (G1)."""
+        if self.end_attempt is not None:
+            return self.end_attempt.action
+        clean = self.failure_reason is None and self.cancel_reason is None
+        if clean and all(t.status is TaskStatus.SUCCEEDED for t in self.tasks.values()):
+            return EndAction.SUCCESS
+        return EndAction.FAILURE
+
+    def failure_summary(self) -> str:
+        if self.cancel_reason:
+            return f"cancelled: {self.cancel_reason}"
+        if self.failure_reason:
+            return self.failure_reason
+        failed = [t for t in self.tasks.values() if t.status is TaskStatus.FAILED]
+        if failed:
+            first = failed[0]
+            detail = f"{first.end_kind}: {first.message}" if first.message else str(first.end_kind)
+            return f"{len(failed)} of {len(self.tasks)} task(s) failed ({first.verb} {detail})"
+        return "failed"
+
+    def child_outcomes(self) -> dict[str, str]:
+        out = {}
+        for child in self.children.values():
+            ok = all(self.tasks[t].status is TaskStatus.SUCCEEDED for t in child.task_ids)
+            out[child.child_id] = "succeeded" if ok else "failed"
+        return out
+
+    # ---- commands (each triggers one event, or none when there is nothing to record) -------
+
+    def start_submission(self) -> None:
+        if self.status is CommandStatus.ACCEPTED:
+            self.trigger_event(self.SubmissionStarted)
+
+    def record_submitted(self, submitted: list[tuple[str, str]]) -> None:
+        if submitted:
+            self.trigger_event(self.TasksSubmitted, submitted=[list(s) for s in submitted])
+
+    def record_refused(self, refused: list[tuple[str, str]]) -> None:
+        if refused:
+            self.trigger_event(self.TasksRefused, refused=[list(r) for r in refused])
+
+    def adopt_orphans(self, orphans: list[tuple[str, str]]) -> None:
+        if orphans:
+            self.trigger_event(self.OrphansAdopted, orphans=[list(o) for o in orphans])
+
+    def record_ended(self, ended: list[dict[str, Any]]) -> None:
+        if ended:
+            self.trigger_event(self.TasksEnded, ended=ended)
+
+    def decide_failure(self, reason: str, abandoned: list[str]) -> None:
+        self.trigger_event(self.FailureDecided, reason=reason, abandoned=abandoned)
+
+    def record_recovery(self, verdict: str, reason: str) -> None:
+        self.trigger_event(self.Recovered, verdict=verdict, reason=reason)
+
+    def request_cancel(self, reason: str) -> None:
+        if not self.ended and self.cancel_reason is None:
+            self.trigger_event(self.CancelRequested, reason=reason)
+
+    def start_end_action(self) -> None:
+        if self.status is not CommandStatus.ENDING:
+            self.trigger_event(self.EndActionStarted, action=self.due_end_action.value)
+
+    def record_end_action_failed(
+        self, attempt: int, error: str, retry_at: datetime | None, fallback: EndAction | None
+    ) -> None:
+        assert self.end_attempt is not None
+        self.trigger_event(
+            self.EndActionFailed,
+            action=self.end_attempt.action.value,
+            attempt=attempt,
+            error=error[:500],
+            retry_at=retry_at,
+            fallback=fallback.value if fallback else None,
+        )
+
+    def end(self, *, flagged: bool = False, reverted: list[str] | None = None) -> None:
+        action = self.due_end_action
+        succeeded = action is EndAction.SUCCESS and not flagged
+        reason = "all tasks succeeded" if succeeded else self.failure_summary()
+        if self.flagged or flagged:
+            attempt = self.end_attempt
+            detail = attempt.last_error if attempt and attempt.last_error else "end action failed"
+            reason = f"{reason}; end action gave up: {detail}"
+        self.trigger_event(
+            self.Ended,
+            outcome="succeeded" if succeeded else "failed",
+            reason=reason,
+            flagged=flagged,
+            children=self.child_outcomes(),
+            reverted=list(reverted or []),
+        )
+
+    def record_cleared(self, task_ids: list[str]) -> None:
+        if task_ids:
+            self.trigger_event(self.TasksCleared, task_ids=task_ids)
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _end_task(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        kind: EndKind,
+        message: str,
+        result: dict[str, Any],
+        at: datetime,
+    ) -> None:
+        task = self.tasks[task_id]
+        task.status = status
+        task.end_kind = kind
+        task.message = message
+        task.result = dict(result)
+        task.ended_at = at

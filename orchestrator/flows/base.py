@@ -1,0 +1,170 @@
+"""What a flow is: validated parameters, a plan, and two end actions.
+
+A flow plans a root command from its parameters and the inventory: the
+entities it declares (read = shared lock, write = exclusive lock), its child
+commands and every task each child expects, and any new inventory entity it
+creates (locked by the command from the start). End actions change the
+inventory; they must be idempotent because recovery may run them again.
+Reverting tasks on the agent is the engine's part (see `revert_on_failure`).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Protocol, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from orchestrator.domain.commands import RootCommand
+from orchestrator.domain.inventory import InventoryEntity
+from orchestrator.domain.model import (
+    ENTITY_ID_PATTERN,
+    EntityRef,
+    EntityType,
+    EntityUse,
+    LockMode,
+    derive_id,
+)
+from orchestrator.errors import CommandRefusedError, InvalidParametersError
+
+MAX_PARAMS_BYTES = 16 * 1024
+
+EntityId = Annotated[str, StringConstraints(pattern=ENTITY_ID_PATTERN)]
+
+
+class FlowParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class InventoryAccess(Protocol):
+    """The inventory as a flow sees it while planning or ending a command."""
+
+    def get(self, ref: EntityRef) -> InventoryEntity | None: ...
+
+    def add(self, entity: InventoryEntity) -> None: ...
+
+
+RunningTasksLookup = Callable[[EntityRef], list[str]]
+
+E = TypeVar("E", bound=InventoryEntity)
+
+
+def require(inventory: InventoryAccess, ref: EntityRef, cls: type[E]) -> E:
+    entity = inventory.get(ref)
+    if entity is None or entity.removed:
+        raise CommandRefusedError(f"{ref.type.value.replace('_', ' ')} {ref.id} does not exist")
+    assert isinstance(entity, cls)
+    return entity
+
+
+@dataclass
+class TaskPlan:
+    task_id: str
+    verb: str
+    args: dict[str, str | int]
+    entities: list[EntityUse]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "verb": self.verb,
+            "args": dict(self.args),
+            "entities": [e.to_record() for e in self.entities],
+        }
+
+
+@dataclass
+class ChildPlan:
+    child_id: str
+    command_type: str
+    tasks: list[TaskPlan]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "child_id": self.child_id,
+            "command_type": self.command_type,
+            "tasks": [t.to_record() for t in self.tasks],
+        }
+
+
+@dataclass
+class Plan:
+    summary: str
+    entities: list[EntityUse]
+    children: list[ChildPlan] = field(default_factory=list)
+    new_entities: list[InventoryEntity] = field(default_factory=list)
+
+
+@dataclass
+class PlanContext:
+    command_id: UUID
+    inventory: InventoryAccess
+    running_tasks_on: RunningTasksLookup
+
+    def task_id(self, label: str) -> str:
+        return str(derive_id(self.command_id, f"task/{label}"))
+
+    def child_id(self, label: str) -> str:
+        return str(derive_id(self.command_id, f"child/{label}"))
+
+
+def uses(*pairs: tuple[EntityType, str, LockMode]) -> list[EntityUse]:
+    """Entity uses, first declaration of an entity wins, order kept."""
+    seen: dict[EntityRef, EntityUse] = {}
+    for entity_type, entity_id, mode in pairs:
+        ref = EntityRef(entity_type, entity_id)
+        seen.setdefault(ref, EntityUse(ref, mode))
+    return list(seen.values())
+
+
+class Flow(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params_model: ClassVar[type[FlowParams]]
+    revert_on_failure: ClassVar[bool] = False
+
+    def parse_params(self, raw: str | dict[str, Any]) -> FlowParams:
+        """Validate parameters at the boundary, with one clear line on failure."""
+        if isinstance(raw, str):
+            if len(raw.encode()) > MAX_PARAMS_BYTES:
+                raise InvalidParametersError(
+                    f"{self.name} parameters are {len(raw.encode())} bytes; the limit is {MAX_PARAMS_BYTES}"
+                )
+            try:
+                raw = json.loads(raw) if raw.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise InvalidParametersError(f"{self.name} parameters are not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InvalidParametersError(f"{self.name} parameters must be a JSON object")
+        try:
+            return self.params_model.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            fields = ", ".join(self.params_model.model_fields)
+            raise InvalidParametersError(f"invalid {self.name} parameters: {problems} (fields: {fields})") from None
+
+    @abstractmethod
+    def plan(self, ctx: PlanContext, params: Any) -> Plan: ...
+
+    @abstractmethod
+    def end_successfully(self, command: RootCommand, inventory: InventoryAccess) -> None: ...
+
+    @abstractmethod
+    def end_with_failure(self, command: RootCommand, inventory: InventoryAccess) -> None: ...
+
+    # helpers for end actions
+
+    @staticmethod
+    def succeeded_entities(command: RootCommand, entity_type: EntityType) -> list[str]:
+        """Ids of entities of a type touched by tasks whose work the agent did."""
+        out: list[str] = []
+        for task in command.tasks.values():
+            if task.effect_done:
+                out += [e.ref.id for e in task.entities if e.ref.type is entity_type and e.ref.id not in out]
+        return out

@@ -1,0 +1,163 @@
+"""SQL access for the read models, on SQLite or PostgreSQL.
+
+Statements are written once with `?` placeholders and converted for psycopg.
+Writers are serialised per store: SQLite by `BEGIN IMMEDIATE` (so a read never
+has to upgrade to a write), PostgreSQL by a transaction-scoped advisory lock.
+Every value is passed as a parameter; only fixed table names are formatted in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from orchestrator.errors import StoreError
+from orchestrator.store import StoreConfig
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class _PgCursor:
+    """A psycopg cursor that takes `?` placeholders."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
+        if params:
+            self._cursor.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])  # type: ignore[arg-type]
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+
+class ViewDatabase:
+    """Connections to the store's database for projections and inspection."""
+
+    def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
+        self.config = config
+        self.dialect: Literal["sqlite", "postgresql"] = config.kind
+        self.read_only = read_only
+        self._local = threading.local()
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        if self.dialect == "postgresql":
+            info = {**config.pg_conninfo()}
+            search_path = f"{config.schema_name},public"
+            self._pool = ConnectionPool(
+                kwargs={**info, "autocommit": True, "options": f"-c search_path={search_path}"},
+                min_size=1,
+                max_size=4,
+                open=False,
+                timeout=10,
+            )
+
+    # ---- connections --------------------------------------------------------------------
+
+    def _sqlite(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            assert self.config.path is not None
+            mode = "ro" if self.read_only else "rw"
+            try:
+                conn = sqlite3.connect(
+                    f"file:{self.config.path}?mode={mode}",
+                    uri=True,
+                    timeout=30,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open {self.config.redacted}: {exc}") from exc
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _pg(self) -> Iterator[psycopg.Connection[Any]]:
+        assert self._pool is not None
+        try:
+            self._pool.open(wait=True, timeout=10)
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"lost the connection to {self.config.redacted}: {self.config.scrub(str(exc))}") from None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        if self._pool is not None:
+            self._pool.close()
+
+    # ---- transactions -------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        """A consistent snapshot for reading (no locks that block writers)."""
+        if self.dialect == "sqlite":
+            conn = self._sqlite()
+            conn.execute("BEGIN")
+            try:
+                yield conn.cursor()
+            finally:
+                conn.execute("ROLLBACK")
+        else:
+            with self._pg() as conn:
+                with conn.transaction(force_rollback=True):
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    yield _PgCursor(conn.cursor())
+
+    @contextmanager
+    def write(self, lock_name: str = "projections") -> Iterator[Cursor]:
+        """A write transaction, serialised with every other writer of `lock_name`."""
+        if self.read_only:
+            raise StoreError("this connection is read-only")
+        if self.dialect == "sqlite":
+            conn = self._sqlite()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn.cursor()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        else:
+            with self._pg() as conn, conn.transaction():
+                key = zlib.crc32(f"{self.config.schema_name}:{lock_name}".encode())
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                yield _PgCursor(conn.cursor())
+
+    def table_exists(self, cursor: Cursor, table: str) -> bool:
+        if self.dialect == "sqlite":
+            cursor.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
+        else:
+            cursor.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema=? AND table_name=?",
+                (self.config.schema_name, table),
+            )
+        return cursor.fetchone() is not None
+
+    @property
+    def events_table(self) -> str:
+        return "stored_events" if self.dialect == "sqlite" else "orchestrator_events"

@@ -1,0 +1,244 @@
+"""Keeps the read models current, and rebuilds or verifies them from the log.
+
+Events are applied in batches. Each batch writes the view rows and the
+projection's tracked position (`proj_tracking`) in one transaction, under a
+writer lock, so every event is applied exactly once even with several
+processes advancing the same projection (the engine, `projections run`, a
+rebuild). A rebuild fills fresh tables from the whole log, then in one
+transaction catches them up to the head and swaps them in; readers see either
+the old view or the new one, never a half-built one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
+
+from orchestrator.domain.commands import RootCommand
+from projections.db import Cursor, ViewDatabase
+from projections.views import PROJECTIONS, Projection, StatementBatch
+
+TRACKING_TABLE = "proj_tracking"
+REBUILD_SUFFIX = "__rebuild"
+BATCH_SIZE = 1000
+# Only these events change a read model; others are passed over (but counted).
+RELEVANT_PREFIX = RootCommand.Accepted.__module__ + ":RootCommand."
+
+ProgressCallback = Callable[[int, int], None]  # (position, head)
+
+
+@dataclass
+class ProjectionStatus:
+    name: str
+    position: int
+    head: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.position)
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    position: int
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+@dataclass
+class RebuildResult:
+    name: str
+    events: int
+    seconds: float
+    position: int
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        db: ViewDatabase,
+        recorder: ApplicationRecorder,
+        mapper: Mapper[Any],
+        projections: Sequence[Projection] | None = None,
+    ) -> None:
+        self.db = db
+        self.recorder = recorder
+        self.mapper = mapper
+        self.projections = list(projections or PROJECTIONS.values())
+
+    # ---- set-up ---------------------------------------------------------------------------
+
+    def ensure_tables(self) -> None:
+        with self.db.write() as cur:
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (projection TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+            for p in self.projections:
+                for statement in p.create_statements("") + p.index_statements("", ""):
+                    cur.execute(statement)
+                cur.execute(
+                    f"INSERT INTO {TRACKING_TABLE} VALUES (?, 0) ON CONFLICT (projection) DO NOTHING", (p.name,)
+                )
+
+    # ---- positions ------------------------------------------------------------------------
+
+    def head(self) -> int:
+        return int(self.recorder.max_notification_id() or 0)
+
+    @staticmethod
+    def _positions(cur: Cursor) -> dict[str, int]:
+        cur.execute(f"SELECT projection, position FROM {TRACKING_TABLE}")
+        return {str(name): int(pos) for name, pos in cur.fetchall()}
+
+    def status(self) -> list[ProjectionStatus]:
+        head = self.head()
+        with self.db.read() as cur:
+            positions = self._positions(cur)
+        return [ProjectionStatus(p.name, positions.get(p.name, 0), head) for p in self.projections]
+
+    # ---- following the log ----------------------------------------------------------------
+
+    def _select(self, after: int, limit: int, stop: int | None = None) -> Sequence[Notification]:
+        return self.recorder.select_notifications(start=after, limit=limit, stop=stop, inclusive_of_start=False)
+
+    def _batch_for(
+        self, notifications: Sequence[Notification], targets: list[tuple[Projection, int]], suffix: str
+    ) -> StatementBatch:
+        out = StatementBatch()
+        for n in notifications:
+            if not n.topic.startswith(RELEVANT_PREFIX):
+                continue
+            event = self.mapper.to_domain_event(n)
+            for projection, position in targets:
+                if n.id > position:
+                    projection.apply(event, out, suffix)
+        return out
+
+    def catch_up(self, *, batch_size: int = BATCH_SIZE, max_seconds: float | None = None) -> int:
+        """Apply every event recorded so far; returns the number of events read."""
+        started = time.monotonic()
+        total = 0
+        while True:
+            with self.db.write() as cur:
+                positions = self._positions(cur)
+                targets = [(p, positions.get(p.name, 0)) for p in self.projections]
+                low = min(pos for _, pos in targets)
+                notifications = self._select(low, batch_size)
+                if not notifications:
+                    return total
+                self._batch_for(notifications, targets, "").run(cur)
+                last = notifications[-1].id
+                for p, pos in targets:
+                    if last > pos:
+                        cur.execute(f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection = ?", (last, p.name))
+            total += len(notifications)
+            if len(notifications) < batch_size:
+                return total
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                return total
+
+    def follow(self, stop: Callable[[], bool], interval: float = 0.2) -> None:
+        """Keep the views current until `stop()` is true (the `projections run` service)."""
+        while not stop():
+            if self.catch_up() == 0:
+                time.sleep(interval)
+
+    # ---- rebuild and verify ---------------------------------------------------------------
+
+    def _fill_shadow(self, projection: Projection, progress: ProgressCallback | None, batch_size: int) -> int:
+        """Build the projection from the whole log into fresh tables; returns its position."""
+        shadow = f"{projection.name}{REBUILD_SUFFIX}"
+        with self.db.write() as cur:
+            for table in projection.tables:
+                cur.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
+            for statement in projection.create_statements(REBUILD_SUFFIX):
+                cur.execute(statement)
+            cur.execute(f"DELETE FROM {TRACKING_TABLE} WHERE projection = ?", (shadow,))
+        position = 0
+        head = self.head()
+        while True:
+            notifications = self._select(position, batch_size)
+            if not notifications:
+                break
+            with self.db.write(lock_name=f"rebuild:{projection.name}") as cur:
+                self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur)
+            position = notifications[-1].id
+            if progress:
+                progress(position, max(head, position))
+            if len(notifications) < batch_size:
+                break
+        return position
+
+    def _catch_up_shadow(self, cur: Cursor, projection: Projection, position: int, stop: int | None) -> int:
+        while True:
+            notifications = self._select(position, BATCH_SIZE, stop)
+            if not notifications:
+                return position
+            self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur)
+            position = notifications[-1].id
+
+    def rebuild(
+        self, projection: Projection, progress: ProgressCallback | None = None, batch_size: int = BATCH_SIZE
+    ) -> RebuildResult:
+        started = time.monotonic()
+        position = self._fill_shadow(projection, progress, batch_size)
+        with self.db.write() as cur:  # the swap: blocks live updates only for the last stretch
+            position = self._catch_up_shadow(cur, projection, position, None)
+            for table in projection.tables:
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+                cur.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
+            for statement in projection.index_statements("", ""):
+                cur.execute(statement)
+            cur.execute(
+                f"INSERT INTO {TRACKING_TABLE} VALUES (?, ?) ON CONFLICT (projection) DO UPDATE SET position = ?",
+                (projection.name, position, position),
+            )
+        return RebuildResult(projection.name, position, time.monotonic() - started, position)
+
+    def verify(self, projection: Projection, progress: ProgressCallback | None = None) -> VerifyResult:
+        """Build a fresh copy and compare it with the live view, row by row, at one position."""
+        position = self._fill_shadow(projection, progress, BATCH_SIZE)
+        result = VerifyResult(projection.name, 0)
+        with self.db.write() as cur:
+            live_position = self._positions(cur).get(projection.name, 0)
+            if position > live_position:
+                # The live view lags; bring it to the same point first (it is ours to advance).
+                self._apply_live_until(cur, projection, live_position, position)
+                live_position = position
+            position = self._catch_up_shadow(cur, projection, position, live_position)
+            result.position = live_position
+            for table in projection.tables:
+                keys = projection.key_columns(table)
+                for label, left, right in (
+                    ("only in the live view", table, f"{table}{REBUILD_SUFFIX}"),
+                    ("only in the rebuild", f"{table}{REBUILD_SUFFIX}", table),
+                ):
+                    cur.execute(
+                        f"SELECT * FROM (SELECT * FROM {left} EXCEPT SELECT * FROM {right}) d ORDER BY {keys} LIMIT 20"
+                    )
+                    result.differences += [f"{table}: {label}: {tuple(row)}" for row in cur.fetchall()]
+            for table in projection.tables:
+                cur.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
+        return result
+
+    def _apply_live_until(self, cur: Cursor, projection: Projection, after: int, stop: int) -> None:
+        position = after
+        while position < stop:
+            notifications = self._select(position, BATCH_SIZE, stop)
+            if not notifications:
+                break
+            self._batch_for(notifications, [(projection, position)], "").run(cur)
+            position = notifications[-1].id
+        cur.execute(f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection = ?", (stop, projection.name))
