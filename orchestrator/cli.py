@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
-import click
 import typer
 from eventsourcing.persistence import PersistenceError
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
@@ -597,15 +597,15 @@ def demo(
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False, prog_name="orchestrator")
-    except click.exceptions.Exit as exc:
+        code = app(args=argv, standalone_mode=False, prog_name="orchestrator")
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.UsageError as exc:
-        print(f"error: {exc.format_message()} (see --help)", file=sys.stderr)
-        sys.exit(2)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except TyperException as exc:  # usage errors: bad option, missing argument
+        print(f"error: {exc.format_message()} (see --help)", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except OrchestratorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: the store failed: {_scrub(text)}; check the store and try again", file=sys.stderr)
         sys.exit(StoreError.exit_code)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _scrub(text: str) -> str:

@@ -1,0 +1,331 @@
+"""Crash-replay inspection: `orchestrator inspect` and `scripts/crash_replay.py`.
+
+Strictly read-only. It opens the store read-only (SQLite `mode=ro`; on
+PostgreSQL only SELECTs, which take no lock that blocks the engine's writes),
+creates no table, writes no projection, replays every root command from its
+events, and applies the same `decide` function recovery applies. With the
+agent, orphans, vanished tasks and tasks that ended meanwhile are found; without
+it, the verdicts that depend on the agent are marked provisional.
+
+Exit codes: 0 nothing needs recovery; 20 some command is in flight (the
+verdicts say what recovery would do); the CLI's error codes otherwise
+(3 store unreadable, foreign, empty or of a newer schema).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import PersistenceError
+from eventsourcing.utils import get_topic
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.agent.interface import AgentTaskStatus
+from orchestrator.agent.simulator import SimulatedAgent, default_agent_state_path
+from orchestrator.application import OrchestratorApp
+from orchestrator.domain.commands import RootCommand
+from orchestrator.domain.recovery import Decision, Verdict, decide
+from orchestrator.errors import AgentError, NotFoundError, OrchestratorError, StoreError
+from orchestrator.render import command_detail, styled
+from orchestrator.store import StoreConfig, parse_store_url, prepare_store, store_url_from_env
+from orchestrator.views import CommandView, TaskView
+
+EXIT_CLEAN = 0
+EXIT_NEEDS_RECOVERY = 20
+
+
+class InspectedCommand(BaseModel):
+    command_id: str
+    flow: str
+    summary: str
+    status: str
+    verdict: str = Field(description="start | resume polling | fail | run end action | run end action again | clear only")
+    reason: str
+    provisional: bool = Field(description="decided without the agent's task list")
+    orphans: list[str] = Field(description="task ids created on the agent whose agent id was never recorded")
+    unsubmitted: list[str]
+    vanished: list[str]
+    finished_while_down: list[str]
+    tasks: list[TaskView]
+
+
+class InspectionReport(BaseModel):
+    """`inspect --json`: every root command in flight and what recovery would decide."""
+
+    store: str = Field(description="store URL, password hidden")
+    log_head: int
+    commands_in_log: int
+    agent_consulted: bool
+    agent_note: str
+    commands: list[InspectedCommand]
+    summary: dict[str, int] = Field(description="commands by verdict")
+    exit_code: int
+
+
+class HistoryEvent(BaseModel):
+    version: int
+    at: datetime
+    event: str
+    detail: str
+
+
+class CommandHistory(BaseModel):
+    """`inspect --command ID --json`: one command's events, and its state at a version."""
+
+    store: str
+    command_id: str
+    events: list[HistoryEvent]
+    state: CommandView
+    state_version: int
+
+
+class ReadOnlyStore:
+    def __init__(self, store: str | None) -> None:
+        self.config: StoreConfig = parse_store_url(store_url_from_env(store))
+        prepare_store(self.config, create=False)
+        env = {**self.config.eventsourcing_env(), "CREATE_TABLE": "n"}
+        if self.config.kind == "sqlite":
+            env["SQLITE_DBNAME"] = f"file:{self.config.path}?mode=ro"
+        try:
+            self.app = OrchestratorApp(env=env)
+        except PersistenceError as exc:
+            raise StoreError(f"cannot read {self.config.redacted}: {self.config.scrub(str(exc))}") from None
+
+    def close(self) -> None:
+        self.app.close()
+
+    def head(self) -> int:
+        try:
+            return int(self.app.recorder.max_notification_id() or 0)
+        except PersistenceError:
+            return 0  # no events table yet: nothing was ever recorded
+
+    def root_ids(self) -> list[UUID]:
+        ids: list[UUID] = []
+        position = 0
+        topic = get_topic(RootCommand.Accepted)
+        try:
+            while True:
+                page = self.app.recorder.select_notifications(
+                    start=position, limit=1000, topics=[topic], inclusive_of_start=False
+                )
+                ids += [UUID(str(n.originator_id)) for n in page]
+                if len(page) < 1000:
+                    return ids
+                position = page[-1].id
+        except PersistenceError:
+            return ids
+
+    def command(self, ident: str, version: int | None = None) -> RootCommand:
+        try:
+            command_id = UUID(ident)
+        except ValueError:
+            raise NotFoundError(f"{ident!r} is not a command id (a UUID)") from None
+        try:
+            command = self.app.repository.get(command_id, version=version)
+        except AggregateNotFoundError:
+            where = f" at version {version}" if version is not None else ""
+            raise NotFoundError(f"no command {command_id}{where} in {self.config.redacted}") from None
+        if not isinstance(command, RootCommand):
+            raise NotFoundError(f"{command_id} is not a command")
+        return command
+
+
+def _agent_tasks(store: ReadOnlyStore, agent_state: Path | None) -> tuple[Mapping[str, AgentTaskStatus] | None, str]:
+    path = agent_state or default_agent_state_path(store.config.path)
+    if not path.exists():
+        return None, f"no agent state at {path}: verdicts that depend on the agent are provisional"
+    try:
+        agent = SimulatedAgent.open(path)
+    except OrchestratorError as exc:
+        return None, f"{exc}: verdicts that depend on the agent are provisional"
+    try:
+        statuses = agent.task_statuses()
+    except AgentError as exc:
+        return None, f"{exc}: verdicts that depend on the agent are provisional"
+    finally:
+        agent.close()
+    return {s.key: s for s in statuses}, f"reconciled with the agent at {path} ({len(statuses)} task(s) held)"
+
+
+def inspect_store(store: ReadOnlyStore, agent_state: Path | None, *, with_agent: bool) -> InspectionReport:
+    ids = store.root_ids()
+    commands = [store.command(str(i)) for i in ids]
+    in_flight = [c for c in commands if c.in_flight]
+    agent_tasks: Mapping[str, AgentTaskStatus] | None = None
+    note = "agent not consulted (--no-agent): verdicts that depend on the agent are provisional"
+    if with_agent:
+        agent_tasks, note = _agent_tasks(store, agent_state)
+    inspected = []
+    summary: dict[str, int] = {}
+    for command in in_flight:
+        decision: Decision = decide(command, agent_tasks)
+        summary[decision.verdict.value] = summary.get(decision.verdict.value, 0) + 1
+        inspected.append(
+            InspectedCommand(
+                command_id=str(command.id),
+                flow=command.flow,
+                summary=command.summary,
+                status=command.status.value,
+                verdict=decision.verdict.value,
+                reason=decision.reason,
+                provisional=decision.provisional,
+                orphans=[t for t, _ in decision.orphans],
+                unsubmitted=decision.unsubmitted,
+                vanished=decision.vanished,
+                finished_while_down=decision.finished_while_down,
+                tasks=[TaskView.of(t) for t in command.tasks.values()],
+            )
+        )
+    code = EXIT_NEEDS_RECOVERY if inspected else EXIT_CLEAN
+    return InspectionReport(
+        store=store.config.redacted,
+        log_head=store.head(),
+        commands_in_log=len(commands),
+        agent_consulted=agent_tasks is not None,
+        agent_note=note,
+        commands=inspected,
+        summary=summary,
+        exit_code=code,
+    )
+
+
+def describe_event(event: Any) -> tuple[str, str]:
+    """A short name and the fields that matter, for the timeline."""
+    name = type(event).__name__
+    if isinstance(event, RootCommand.Accepted):
+        n = sum(len(c["tasks"]) for c in event.children)
+        ents = ", ".join(f"{t}:{i} ({m})" for t, i, m in event.entities)
+        return name, f"{event.flow}: {event.summary}; {n} task(s) expected in {len(event.children)} child(ren); locks {ents}"
+    if isinstance(event, RootCommand.TasksSubmitted):
+        return name, ", ".join(f"{t[:8]} -> agent {a}" for t, a in event.submitted)
+    if isinstance(event, RootCommand.OrphansAdopted):
+        return name, ", ".join(f"{t[:8]} found on the agent as {a}" for t, a in event.orphans)
+    if isinstance(event, RootCommand.TasksRefused):
+        return name, ", ".join(f"{t[:8]}: {m}" for t, m in event.refused)
+    if isinstance(event, RootCommand.TasksEnded):
+        return name, ", ".join(
+            f"{e['task_id'][:8]} {e['status']}" + (f" ({e['kind']})" if e["kind"] != "finished" else "")
+            + (f": {e['message']}" if e.get("message") else "")
+            for e in event.ended
+        )
+    if isinstance(event, RootCommand.FailureDecided):
+        return name, f"{event.reason}" + (f"; {len(event.abandoned)} task(s) will never be submitted" if event.abandoned else "")
+    if isinstance(event, RootCommand.Recovered):
+        return name, f"{event.verdict}: {event.reason}"
+    if isinstance(event, RootCommand.CancelRequested):
+        return name, event.reason
+    if isinstance(event, RootCommand.EndActionStarted):
+        return name, event.action
+    if isinstance(event, RootCommand.EndActionFailed):
+        fallback = f"; falling back to {event.fallback}" if event.fallback else ""
+        return name, f"{event.action} attempt {event.attempt}: {event.error}{fallback}"
+    if isinstance(event, RootCommand.Ended):
+        reverted = f"; reverted {len(event.reverted)} task(s) on the agent" if event.reverted else ""
+        return name, f"{event.outcome}: {event.reason}{reverted}" + ("; FLAGGED" if event.flagged else "")
+    if isinstance(event, RootCommand.TasksCleared):
+        return name, f"{len(event.task_ids)} task(s) cleared on the agent"
+    if isinstance(event, RootCommand.SubmissionStarted):
+        return name, "submission to the agent started"
+    return name, ""
+
+
+def command_history(store: ReadOnlyStore, ident: str, at_version: int | None) -> CommandHistory:
+    command = store.command(ident)
+    events = []
+    for e in store.app.events.get(command.id):
+        name, detail = describe_event(e)
+        events.append(HistoryEvent(version=e.originator_version, at=e.timestamp, event=name, detail=detail))
+    state = store.command(ident, version=at_version) if at_version is not None else command
+    return CommandHistory(
+        store=store.config.redacted,
+        command_id=str(command.id),
+        events=events,
+        state=CommandView.of(state),
+        state_version=state.version,
+    )
+
+
+def render_report(report: InspectionReport, console: Console) -> None:
+    console.print(f"store {report.store}: {report.commands_in_log} command(s) in the log, head at event {report.log_head}")
+    console.print(report.agent_note)
+    if not report.commands:
+        console.print("nothing in flight: recovery has nothing to do")
+        return
+    overview = Table("command", "flow", "status", "agent ids", "verdict", "reason", title="commands in flight")
+    for c in report.commands:
+        with_id = sum(1 for t in c.tasks if t.agent_task_id)
+        verdict = c.verdict + (" (provisional)" if c.provisional else "")
+        overview.add_row(c.command_id, c.flow, styled(c.status), f"{with_id}/{len(c.tasks)}", verdict, c.reason)
+    console.print(overview)
+    for c in report.commands:
+        tasks = Table("task", "agent task", "status", "entities", title=f"{c.flow} {c.command_id}: {c.verdict}")
+        for t in c.tasks:
+            mark = ""
+            if t.task_id in c.orphans:
+                mark = " [orphan on agent]"
+            elif t.task_id in c.vanished:
+                mark = " [vanished]"
+            elif t.task_id in c.finished_while_down:
+                mark = " [ended while down]"
+            tasks.add_row(t.task_id, t.agent_task_id or "none", styled(t.status + mark),
+                          ", ".join(f"{e.type}:{e.id}" for e in t.entities))
+        console.print(tasks)
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(report.summary.items()))
+    console.print(f"summary: {len(report.commands)} command(s) in flight: {counts}")
+
+
+def render_history(history: CommandHistory, console: Console) -> None:
+    table = Table("#", "time", "event", "detail", title=f"history of {history.command_id}")
+    for e in history.events:
+        table.add_row(str(e.version), e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.event, e.detail)
+    console.print(table)
+    console.print(f"state after event {history.state_version}:")
+    console.print(command_detail(history.state))
+
+
+def run_inspection(
+    store_url: str | None,
+    agent_state: Path | None,
+    *,
+    command: str | None = None,
+    at_version: int | None = None,
+    with_agent: bool = True,
+    as_json: bool = False,
+    console: Console | None = None,
+) -> int:
+    console = console or Console()
+    store = ReadOnlyStore(store_url)
+    try:
+        if command is not None:
+            history = command_history(store, command, at_version)
+            if as_json:
+                sys.stdout.write(history.model_dump_json(indent=2) + "\n")
+            else:
+                render_history(history, console)
+            return EXIT_CLEAN
+        report = inspect_store(store, agent_state, with_agent=with_agent)
+        if as_json:
+            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        else:
+            render_report(report, console)
+        return report.exit_code
+    finally:
+        store.close()
+
+
+def verdict_names() -> list[str]:
+    return [v.value for v in Verdict]
+
+
+def dumps(model: BaseModel) -> str:
+    return json.dumps(model.model_dump(mode="json"), indent=2)
