@@ -74,7 +74,7 @@ class InventoryUnit:
             if ref.type not in ENTITY_CLASSES:
                 return None
             try:
-                entity = self.app.repository.get(entity_aggregate_id(ref))
+                entity: object = self.app.repository.get(entity_aggregate_id(ref))
             except AggregateNotFoundError:
                 return None
             assert isinstance(entity, InventoryEntity)
@@ -126,9 +126,7 @@ class Orchestrator:
     agent_state: Path
 
     @classmethod
-    def open(
-        cls, store: str | None = None, *, agent_state: Path | None = None, create: bool = True
-    ) -> Orchestrator:
+    def open(cls, store: str | None = None, *, agent_state: Path | None = None, create: bool = True) -> Orchestrator:
         config = parse_store_url(store_url_from_env(store))
         prepare_store(config, create=create)
         env = {**config.eventsourcing_env(), "AGGREGATE_CACHE_MAXSIZE": "5000"}
@@ -187,21 +185,23 @@ class Orchestrator:
                 [c.to_record() for c in plan.children],
             )
             for use in plan.entities:
-                entity = unit.get(use.ref)
-                assert entity is not None
-                entity.take_lock(str(command_id), flow.name, use.mode)
+                locked = unit.get(use.ref)
+                assert locked is not None
+                locked.take_lock(str(command_id), flow.name, use.mode)
             try:
                 self.app.save(command, *unit.touched())
             except IntegrityError:
                 continue  # someone changed an entity (or this id) meanwhile: read again
             crash_point("after_accept")
             tasks = sum(len(c.tasks) for c in plan.children)
-            return SubmitResult(command_id=command_id, flow=flow.name, summary=plan.summary, tasks=tasks, duplicate=False)
+            return SubmitResult(
+                command_id=command_id, flow=flow.name, summary=plan.summary, tasks=tasks, duplicate=False
+            )
         raise CommandRefusedError("the entities of this command kept changing under it; try again")
 
     def _existing_command(self, command_id: UUID) -> RootCommand | None:
         try:
-            command = self.app.repository.get(command_id)
+            command: object = self.app.repository.get(command_id)
         except AggregateNotFoundError:
             return None
         if not isinstance(command, RootCommand):
@@ -241,7 +241,7 @@ class Orchestrator:
         except ValueError:
             raise NotFoundError(f"{command_id!r} is not a command id (a UUID)") from None
         try:
-            command = self.app.repository.get(ident, version=version)
+            command: object = self.app.repository.get(ident, version=version)
         except AggregateNotFoundError:
             raise NotFoundError(f"no command {ident} in {self.config.redacted}") from None
         if not isinstance(command, RootCommand):
@@ -282,7 +282,7 @@ class Orchestrator:
     def inventory(self) -> list[InventoryEntity]:
         out = []
         for ident in dict.fromkeys(self.entity_ids()):
-            entity = self.app.repository.get(ident)
+            entity: object = self.app.repository.get(ident)
             assert isinstance(entity, InventoryEntity)
             out.append(entity)
         return out
@@ -303,7 +303,9 @@ class Orchestrator:
             disk_ids = [f"disk-{n:04d}-{k}" for k in range(1, disks + 1)]
             for k, disk_id in enumerate(disk_ids, start=1):
                 image, volume = f"img-{n:04d}-{k}", f"vol-{n:04d}-{k}-base"
-                new.append(Disk.register(disk_id, vm_id=vm_id, storage_domain_id="sd-1", image_id=image, volumes=[volume]))
+                new.append(
+                    Disk.register(disk_id, vm_id=vm_id, storage_domain_id="sd-1", image_id=image, volumes=[volume])
+                )
                 volumes.append(("sd-1", image, volume))
             new.append(Vm.register(vm_id, name=vm_id, status=status, disk_ids=disk_ids))
             seeded.append(SeededVm(vm_id=vm_id, disk_ids=disk_ids))

@@ -110,9 +110,7 @@ def flows(as_json: JsonOpt = False) -> None:
         return
     table = Table("flow", "parameters", "what it does")
     for name, flow in FLOWS.items():
-        fields = ", ".join(
-            f"{k}{'' if v.is_required() else '?'}" for k, v in flow.params_model.model_fields.items()
-        )
+        fields = ", ".join(f"{k}{'' if v.is_required() else '?'}" for k, v in flow.params_model.model_fields.items())
         table.add_row(name, fields, flow.description)
     out.print(table)
 
@@ -141,7 +139,9 @@ def seed(
 def submit(
     flow: Annotated[str, typer.Argument(help="flow name (see 'orchestrator flows')")],
     params: Annotated[str, typer.Option("--params", help="flow parameters as a JSON object")] = "{}",
-    command_id: Annotated[str | None, typer.Option("--id", help="command id (UUID); doubles as idempotency key")] = None,
+    command_id: Annotated[
+        str | None, typer.Option("--id", help="command id (UUID); doubles as idempotency key")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate and durably accept a command with all its expected tasks; print its id."""
@@ -191,7 +191,12 @@ def run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if timeout is not None:
-        timer = threading.Timer(timeout, lambda: (timed_out.set(), stop.set()))
+
+        def give_up() -> None:
+            timed_out.set()
+            stop.set()
+
+        timer = threading.Timer(timeout, give_up)
         timer.daemon = True
         timer.start()
     with _open(create=True) as orch:
@@ -249,8 +254,13 @@ def list_commands(
     with _open() as orch:
         fresh = _freshness(orch, "commands")
         rows = orch.queries.list_commands(
-            status=status, command_type=command_type, parent=parent, entity=ref, in_flight=in_flight,
-            include_children=children, limit=limit,
+            status=status,
+            command_type=command_type,
+            parent=parent,
+            entity=ref,
+            in_flight=in_flight,
+            include_children=children,
+            limit=limit,
         )
     if as_json:
         _print_json(CommandListView(freshness=fresh, commands=rows))
@@ -304,8 +314,14 @@ def tasks(
         return
     table = Table("task", "agent task", "status", "mode", "command", "root command", title=f"tasks on {ref}")
     for r in rows:
-        table.add_row(r.task_id, r.agent_task_id or "none", r.status, "read" if r.read_only else "write",
-                      r.command_id, r.root_command_id)
+        table.add_row(
+            r.task_id,
+            r.agent_task_id or "none",
+            r.status,
+            "read" if r.read_only else "write",
+            r.command_id,
+            r.root_command_id,
+        )
     out.print(table)
     out.print(f"{ref} {'has' if busy else 'has no'} running tasks (view lag: {fresh.lag} event(s))")
 
@@ -357,15 +373,22 @@ def active(as_json: JsonOpt = False) -> None:
 
 def _locks_of(entities: list[InventoryEntity]) -> list[LockView]:
     return [
-        LockView(entity_type=e.ref.type.value, entity_id=e.entity_id, command_id=holder,
-                 command_type=lock["command_type"], mode=lock["mode"])
+        LockView(
+            entity_type=e.ref.type.value,
+            entity_id=e.entity_id,
+            command_id=holder,
+            command_type=lock["command_type"],
+            mode=lock["mode"],
+        )
         for e in entities
         for holder, lock in sorted(e.locks.items())
     ]
 
 
 @app.command()
-def locks(entity: Annotated[str | None, typer.Option(help="only this TYPE:ID")] = None, as_json: JsonOpt = False) -> None:
+def locks(
+    entity: Annotated[str | None, typer.Option(help="only this TYPE:ID")] = None, as_json: JsonOpt = False
+) -> None:
     """Entity locks held now (durable: they are events on the entities)."""
     with _open() as orch:
         if entity:
@@ -387,7 +410,10 @@ def _inventory_view(e: InventoryEntity) -> InventoryItemView:
     details: dict[str, Any] = {}
     status: str | None = None
     if isinstance(e, Vm):
-        status, details = e.status, {"disks": e.disk_ids, "memory_volumes": e.memory_volumes, "snapshots": e.snapshot_ids}
+        status, details = (
+            e.status,
+            {"disks": e.disk_ids, "memory_volumes": e.memory_volumes, "snapshots": e.snapshot_ids},
+        )
     elif isinstance(e, Disk):
         details = {"vm": e.vm_id, "storage_domain": e.storage_domain_id, "image": e.image_id, "volumes": e.volumes}
     elif isinstance(e, StorageDomain | Template | Snapshot):
@@ -402,8 +428,10 @@ def _inventory_view(e: InventoryEntity) -> InventoryItemView:
 
 
 @app.command()
-def inventory(all_entities: Annotated[bool, typer.Option("--all", help="include removed entities")] = False,
-              as_json: JsonOpt = False) -> None:
+def inventory(
+    all_entities: Annotated[bool, typer.Option("--all", help="include removed entities")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """The engine-side inventory: storage domains, VMs, disks, templates, snapshots."""
     with _open() as orch:
         items = [_inventory_view(e) for e in orch.inventory() if all_entities or not e.removed]
@@ -413,8 +441,13 @@ def inventory(all_entities: Annotated[bool, typer.Option("--all", help="include 
     table = Table("type", "id", "status", "details", "locks", title="inventory")
     for i in items:
         detail = ", ".join(f"{k}={v}" for k, v in i.details.items() if v)
-        table.add_row(i.type, i.id + (" (removed)" if i.removed else ""), i.status or "", detail,
-                      ", ".join(f"{lk.mode}:{lk.command_id[:8]}" for lk in i.locks))
+        table.add_row(
+            i.type,
+            i.id + (" (removed)" if i.removed else ""),
+            i.status or "",
+            detail,
+            ", ".join(f"{lk.mode}:{lk.command_id[:8]}" for lk in i.locks),
+        )
     out.print(table)
 
 
@@ -448,20 +481,32 @@ def _agent() -> SimulatedAgent:
 
 
 @agent_app.command("show")
-def agent_show(history: Annotated[bool, typer.Option("--history", help="include cleared tasks")] = False,
-               as_json: JsonOpt = False) -> None:
+def agent_show(
+    history: Annotated[bool, typer.Option("--history", help="include cleared tasks")] = False, as_json: JsonOpt = False
+) -> None:
     """The simulated agent's tasks (with keys) and its storage (images and volumes)."""
     agent = _agent()
     try:
         rows = [
-            AgentTaskRow(agent_task_id=r["agent_task_id"], key=r["key"], verb=r["verb"], state=r["state"],
-                         result=r["result"], message=r["message"], cleared=r["cleared_at"] is not None,
-                         vanished=bool(r["vanished"]))
+            AgentTaskRow(
+                agent_task_id=r["agent_task_id"],
+                key=r["key"],
+                verb=r["verb"],
+                state=r["state"],
+                result=r["result"],
+                message=r["message"],
+                cleared=r["cleared_at"] is not None,
+                vanished=bool(r["vanished"]),
+            )
             for r in agent.backend.journal()
             if history or (r["cleared_at"] is None and not r["vanished"])
         ]
-        view = AgentView(state_file=str(agent.backend.path), tasks=rows,
-                         volumes=agent.backend.storage_snapshot()["volumes"], faults=agent.backend.faults())
+        view = AgentView(
+            state_file=str(agent.backend.path),
+            tasks=rows,
+            volumes=agent.backend.storage_snapshot()["volumes"],
+            faults=agent.backend.faults(),
+        )
     finally:
         agent.close()
     if as_json:
@@ -498,13 +543,20 @@ def agent_faults(
         config = FaultConfig() if clear else agent.backend.faults()
         now = time.time()
         changes: dict[str, Any] = {
-            "fail_verbs": fail_verb, "fail_share": fail_share, "refuse_verbs": refuse_verb,
-            "vanish_share": vanish_share, "malformed_share": malformed_share, "phantom_tasks": phantoms,
-            "extra_task_seconds": extra_seconds, "call_latency": latency,
+            "fail_verbs": fail_verb,
+            "fail_share": fail_share,
+            "refuse_verbs": refuse_verb,
+            "vanish_share": vanish_share,
+            "malformed_share": malformed_share,
+            "phantom_tasks": phantoms,
+            "extra_task_seconds": extra_seconds,
+            "call_latency": latency,
             "unreachable_until": now + unreachable_for if unreachable_for is not None else None,
             "malformed_until": now + malformed_for if malformed_for is not None else None,
         }
-        config = FaultConfig.model_validate({**config.model_dump(), **{k: v for k, v in changes.items() if v is not None}})
+        config = FaultConfig.model_validate(
+            {**config.model_dump(), **{k: v for k, v in changes.items() if v is not None}}
+        )
         agent.backend.set_faults(config)
     finally:
         agent.close()
@@ -528,8 +580,10 @@ class ProjectionStatusView(BaseModel):
 def projections_status(as_json: JsonOpt = False) -> None:
     """Each projection's position, the log's head, and the lag."""
     with _open() as orch:
-        rows = [ProjectionStatusView(name=s.name, position=s.position, head=s.head, lag=s.lag)
-                for s in orch.projections.status()]
+        rows = [
+            ProjectionStatusView(name=s.name, position=s.position, head=s.head, lag=s.lag)
+            for s in orch.projections.status()
+        ]
     if as_json:
         _print_json(rows)
         return
@@ -571,14 +625,23 @@ def projections_run(interval: float = 0.2) -> None:
 def inspect(
     command: Annotated[str | None, typer.Option("--command", help="one command's history")] = None,
     at_version: Annotated[int | None, typer.Option(help="with --command: state after event N")] = None,
-    with_agent: Annotated[bool, typer.Option("--with-agent/--no-agent", help="reconcile with the agent's tasks")] = True,
+    with_agent: Annotated[
+        bool, typer.Option("--with-agent/--no-agent", help="reconcile with the agent's tasks")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Read-only crash replay: commands in flight and what recovery would decide."""
     from orchestrator.inspection import run_inspection
 
-    code = run_inspection(G.store, G.agent_state, command=command, at_version=at_version, with_agent=with_agent,
-                          as_json=as_json, console=out)
+    code = run_inspection(
+        G.store,
+        G.agent_state,
+        command=command,
+        at_version=at_version,
+        with_agent=with_agent,
+        as_json=as_json,
+        console=out,
+    )
     raise typer.Exit(code)
 
 

@@ -47,11 +47,13 @@ def run_demo(store: str | None, console: Console, keep: bool = True) -> bool:
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
     store = store or f"sqlite:///{workdir / 'orchestrator.db'}"
     agent_state = workdir / "agent.db"
-    console.print(Panel(
-        f"store  {store}\nagent  {agent_state}\n\nfour flows, then an engine SIGKILLed in the middle of a "
-        "RemoveVm of a 4-disk VM, recovery, and the seven invariants",
-        title="orchestrator demo",
-    ))
+    console.print(
+        Panel(
+            f"store  {store}\nagent  {agent_state}\n\nfour flows, then an engine SIGKILLed in the middle of a "
+            "RemoveVm of a 4-disk VM, recovery, and the seven invariants",
+            title="orchestrator demo",
+        )
+    )
     orch = Orchestrator.open(store, agent_state=agent_state, create=True)
     try:
         ok = _run(orch, store, agent_state, console)
@@ -84,8 +86,14 @@ def _run(orch: Orchestrator, store: str, agent_state: Path, console: Console) ->
     engine = TaskManager(orch, agent, load_engine_settings(poll_interval=0.1))
     engine.recover()
     ended = 0
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} tasks ended"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tasks ended"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         job = bar.add_task("2. four flows on the in-process engine", total=total)
 
         def advance(report: object) -> None:
@@ -103,14 +111,20 @@ def _run(orch: Orchestrator, store: str, agent_state: Path, console: Console) ->
     active = orch.queries.active_tasks()
     held = [r for r in agent.backend.journal() if r["cleared_at"] is None and not r["vanished"]]
     console.print(f"   active-tasks view: {len(active)} row(s); agent holds {len(held)} uncleared task(s)")
-    flows_ok = all(orch.command(s.command_id).status.value == "succeeded" for s in submitted) and not active and not held
+    flows_ok = (
+        all(orch.command(s.command_id).status.value == "succeeded" for s in submitted) and not active and not held
+    )
 
     # 3. RemoveVm of a 4-disk VM; SIGKILL the engine after 2 of 4 submissions.
     victim = orch.submit("RemoveVm", {"vm_id": "vm-0005"})
     agent.backend.set_faults(FaultConfig(call_latency=0.8))
     env = {**os.environ, "ORCHESTRATOR_SUBMIT_BATCH": "1", "ORCHESTRATOR_AGENT_TASK_SECONDS": "1"}
-    engine_proc = subprocess.Popen(_engine_cmd(store, agent_state, "--poll-interval", "0.1"), env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    engine_proc = subprocess.Popen(
+        _engine_cmd(store, agent_state, "--poll-interval", "0.1"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     submitted_before_kill = 0
     with console.status("3. engine subprocess submitting RemoveVm vm-0005, one task per agent call..."):
         deadline = time.monotonic() + 60
@@ -122,7 +136,9 @@ def _run(orch: Orchestrator, store: str, agent_state: Path, console: Console) ->
             time.sleep(0.02)
         engine_proc.send_signal(signal.SIGKILL)
         engine_proc.wait()
-    console.print(f"[bold]3. SIGKILLed[/] engine pid {engine_proc.pid} with {submitted_before_kill} of 4 tasks submitted")
+    console.print(
+        f"[bold]3. SIGKILLed[/] engine pid {engine_proc.pid} with {submitted_before_kill} of 4 tasks submitted"
+    )
     agent.backend.set_faults(FaultConfig())
 
     # 4. What recovery will decide (read-only inspection), then restart.
@@ -134,8 +150,13 @@ def _run(orch: Orchestrator, store: str, agent_state: Path, console: Console) ->
     for c in predicted.commands:
         console.print(f"   inspection predicts for {c.flow} {c.command_id[:8]}: [bold]{c.verdict}[/] ({c.reason})")
     with console.status("4. restarting the engine (subprocess) until idle..."):
-        restart = subprocess.run(_engine_cmd(store, agent_state, "--until-idle", "--poll-interval", "0.1", "--timeout", "120"),
-                                 capture_output=True, text=True, timeout=180, check=False)
+        restart = subprocess.run(
+            _engine_cmd(store, agent_state, "--until-idle", "--poll-interval", "0.1", "--timeout", "120"),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
     console.print(f"[bold]4. restarted[/] engine exited with code {restart.returncode}")
     command = orch.command(victim.command_id)
     rec = Table("when", "verdict", "reason", title=f"what recovery decided for RemoveVm {str(victim.command_id)[:8]}")
@@ -151,7 +172,9 @@ def _run(orch: Orchestrator, store: str, agent_state: Path, console: Console) ->
     vm = orch.entity(EntityRef(EntityType.VM, "vm-0005"))
     assert isinstance(vm, Vm)
     images_on_agent = {v.image_id for v in agent.storage().volumes}
-    disks_on_agent = sorted(d for d in (f"disk-0005-{k}" for k in range(1, 5)) if f"img-0005-{d[-1]}" in images_on_agent)
+    disks_on_agent = sorted(
+        d for d in (f"disk-0005-{k}" for k in range(1, 5)) if f"img-0005-{d[-1]}" in images_on_agent
+    )
     console.print(f"   vm-0005 is {vm.status} with disks {vm.disk_ids}; the agent still has images of {disks_on_agent}")
     crash_ok = (
         submitted_before_kill == 2
@@ -168,10 +191,18 @@ def _run(orch: Orchestrator, store: str, agent_state: Path, console: Console) ->
     inv = Table("#", "invariant", "holds", "detail", title="invariants (DESIGN.md section 7)")
     for r in results:
         inv.add_row(str(r.number), r.name, "[green]yes[/]" if r.ok else "[red]NO[/]", r.detail)
-    inv.add_row("", "four flows ran normally", "[green]yes[/]" if flows_ok else "[red]NO[/]",
-                "each succeeded; no active task, nothing left on the agent")
-    inv.add_row("", "no success after a partial submission", "[green]yes[/]" if crash_ok else "[red]NO[/]",
-                "RemoveVm killed after 2 of 4 submissions failed; the VM lists exactly the disks the agent still has")
+    inv.add_row(
+        "",
+        "four flows ran normally",
+        "[green]yes[/]" if flows_ok else "[red]NO[/]",
+        "each succeeded; no active task, nothing left on the agent",
+    )
+    inv.add_row(
+        "",
+        "no success after a partial submission",
+        "[green]yes[/]" if crash_ok else "[red]NO[/]",
+        "RemoveVm killed after 2 of 4 submissions failed; the VM lists exactly the disks the agent still has",
+    )
     console.print(inv)
     ok = flows_ok and crash_ok and all(r.ok for r in results)
     if not ok and restart.stderr:

@@ -48,7 +48,9 @@ class InspectedCommand(BaseModel):
     flow: str
     summary: str
     status: str
-    verdict: str = Field(description="start | resume polling | fail | run end action | run end action again | clear only")
+    verdict: str = Field(
+        description="start | resume polling | fail | run end action | run end action again | clear only"
+    )
     reason: str
     provisional: bool = Field(description="decided without the agent's task list")
     orphans: list[str] = Field(description="task ids created on the agent whose agent id was never recorded")
@@ -131,7 +133,7 @@ class ReadOnlyStore:
         except ValueError:
             raise NotFoundError(f"{ident!r} is not a command id (a UUID)") from None
         try:
-            command = self.app.repository.get(command_id, version=version)
+            command: object = self.app.repository.get(command_id, version=version)
         except AggregateNotFoundError:
             where = f" at version {version}" if version is not None else ""
             raise NotFoundError(f"no command {command_id}{where} in {self.config.redacted}") from None
@@ -205,7 +207,10 @@ def describe_event(event: Any) -> tuple[str, str]:
     if isinstance(event, RootCommand.Accepted):
         n = sum(len(c["tasks"]) for c in event.children)
         ents = ", ".join(f"{t}:{i} ({m})" for t, i, m in event.entities)
-        return name, f"{event.flow}: {event.summary}; {n} task(s) expected in {len(event.children)} child(ren); locks {ents}"
+        return (
+            name,
+            f"{event.flow}: {event.summary}; {n} task(s) expected in {len(event.children)} child(ren); locks {ents}",
+        )
     if isinstance(event, RootCommand.TasksSubmitted):
         return name, ", ".join(f"{t[:8]} -> agent {a}" for t, a in event.submitted)
     if isinstance(event, RootCommand.OrphansAdopted):
@@ -214,12 +219,15 @@ def describe_event(event: Any) -> tuple[str, str]:
         return name, ", ".join(f"{t[:8]}: {m}" for t, m in event.refused)
     if isinstance(event, RootCommand.TasksEnded):
         return name, ", ".join(
-            f"{e['task_id'][:8]} {e['status']}" + (f" ({e['kind']})" if e["kind"] != "finished" else "")
+            f"{e['task_id'][:8]} {e['status']}"
+            + (f" ({e['kind']})" if e["kind"] != "finished" else "")
             + (f": {e['message']}" if e.get("message") else "")
             for e in event.ended
         )
     if isinstance(event, RootCommand.FailureDecided):
-        return name, f"{event.reason}" + (f"; {len(event.abandoned)} task(s) will never be submitted" if event.abandoned else "")
+        return name, f"{event.reason}" + (
+            f"; {len(event.abandoned)} task(s) will never be submitted" if event.abandoned else ""
+        )
     if isinstance(event, RootCommand.Recovered):
         return name, f"{event.verdict}: {event.reason}"
     if isinstance(event, RootCommand.CancelRequested):
@@ -244,7 +252,8 @@ def command_history(store: ReadOnlyStore, ident: str, at_version: int | None) ->
     events = []
     for e in store.app.events.get(command.id):
         name, detail = describe_event(e)
-        events.append(HistoryEvent(version=e.originator_version, at=e.timestamp, event=name, detail=detail))
+        at = getattr(e, "timestamp")  # noqa: B009 - every aggregate event has one; the protocol does not say so
+        events.append(HistoryEvent(version=e.originator_version, at=at, event=name, detail=detail))
     state = store.command(ident, version=at_version) if at_version is not None else command
     return CommandHistory(
         store=store.config.redacted,
@@ -256,7 +265,9 @@ def command_history(store: ReadOnlyStore, ident: str, at_version: int | None) ->
 
 
 def render_report(report: InspectionReport, console: Console) -> None:
-    console.print(f"store {report.store}: {report.commands_in_log} command(s) in the log, head at event {report.log_head}")
+    console.print(
+        f"store {report.store}: {report.commands_in_log} command(s) in the log, head at event {report.log_head}"
+    )
     console.print(report.agent_note)
     if not report.commands:
         console.print("nothing in flight: recovery has nothing to do")
@@ -277,8 +288,12 @@ def render_report(report: InspectionReport, console: Console) -> None:
                 mark = " [vanished]"
             elif t.task_id in c.finished_while_down:
                 mark = " [ended while down]"
-            tasks.add_row(t.task_id, t.agent_task_id or "none", styled(t.status + mark),
-                          ", ".join(f"{e.type}:{e.id}" for e in t.entities))
+            tasks.add_row(
+                t.task_id,
+                t.agent_task_id or "none",
+                styled(t.status + mark),
+                ", ".join(f"{e.type}:{e.id}" for e in t.entities),
+            )
         console.print(tasks)
     counts = ", ".join(f"{n} {v}" for v, n in sorted(report.summary.items()))
     console.print(f"summary: {len(report.commands)} command(s) in flight: {counts}")

@@ -32,7 +32,9 @@ def all_command_ids(orch: Orchestrator) -> list[UUID]:
     position = 0
     topic = get_topic(RootCommand.Accepted)
     while True:
-        page = orch.app.recorder.select_notifications(start=position, limit=1000, topics=[topic], inclusive_of_start=False)
+        page = orch.app.recorder.select_notifications(
+            start=position, limit=1000, topics=[topic], inclusive_of_start=False
+        )
         ids += [UUID(str(n.originator_id)) for n in page]
         if len(page) < 1000:
             return ids

@@ -107,7 +107,7 @@ def parse_store_url(url: str) -> StoreConfig:
         rest = url[len("sqlite://") :]
         if not rest.startswith("/") or len(rest) < 2:
             raise StoreError(f"store URL {url!r} has no file path; {hint}")
-        path = Path(rest[1:]) if not rest.startswith("//") else Path(rest[1:])
+        path = Path(rest[1:])  # sqlite:///rel/path -> rel/path; sqlite:////abs -> /abs
         return StoreConfig(kind="sqlite", path=path)
     if url.startswith(("postgresql://", "postgres://")):
         parts = urlsplit(url)
@@ -131,7 +131,7 @@ def parse_store_url(url: str) -> StoreConfig:
             dbname=dbname,
             schema_name=schema,
         )
-    shown = url.split("@")[-1] if "@" in url else url
+    shown = url.rsplit("@", maxsplit=1)[-1] if "@" in url else url
     raise StoreError(f"store URL {shown!r} is not supported; {hint}")
 
 
@@ -164,9 +164,7 @@ def _prepare_sqlite(config: StoreConfig, *, create: bool) -> None:
                 "to create one, or set --store / ORCHESTRATOR_STORE"
             )
         if not path.parent.exists():
-            raise StoreError(
-                f"cannot create store {config.redacted}: directory {path.parent} does not exist"
-            )
+            raise StoreError(f"cannot create store {config.redacted}: directory {path.parent} does not exist")
         create_private_file(path)
     try:
         conn = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'ro'}", uri=True)
@@ -213,9 +211,7 @@ def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[object,
 def _prepare_postgres(config: StoreConfig, *, create: bool) -> None:
     with pg_connect(config) as conn:
         schema = config.schema_name
-        exists = conn.execute(
-            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)).fetchone()
         if not exists:
             if not create:
                 raise StoreError(f"no store at {config.redacted} (schema {schema!r} does not exist)")
@@ -234,7 +230,9 @@ def _prepare_postgres(config: StoreConfig, *, create: bool) -> None:
 
         _check_tables(config, tables, create=create, read_meta=read_meta)
         if create:
-            conn.execute(psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {} (key TEXT PRIMARY KEY, value TEXT)").format(meta))
+            conn.execute(
+                psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {} (key TEXT PRIMARY KEY, value TEXT)").format(meta)
+            )
             conn.execute(
                 psycopg.sql.SQL("INSERT INTO {} VALUES ('schema_version', %s) ON CONFLICT DO NOTHING").format(meta),
                 (str(SCHEMA_VERSION),),

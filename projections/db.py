@@ -123,10 +123,9 @@ class ViewDatabase:
             finally:
                 conn.execute("ROLLBACK")
         else:
-            with self._pg() as conn:
-                with conn.transaction(force_rollback=True):
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    yield _PgCursor(conn.cursor())
+            with self._pg() as pg, pg.transaction(force_rollback=True):
+                pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield _PgCursor(pg.cursor())
 
     @contextmanager
     def write(self, lock_name: str = "projections") -> Iterator[Cursor]:
@@ -143,10 +142,10 @@ class ViewDatabase:
                 raise
             conn.execute("COMMIT")
         else:
-            with self._pg() as conn, conn.transaction():
+            with self._pg() as pg, pg.transaction():
                 key = zlib.crc32(f"{self.config.schema_name}:{lock_name}".encode())
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-                yield _PgCursor(conn.cursor())
+                pg.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                yield _PgCursor(pg.cursor())
 
     def table_exists(self, cursor: Cursor, table: str) -> bool:
         if self.dialect == "sqlite":

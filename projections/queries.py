@@ -87,21 +87,24 @@ class ViewQueries:
 
     def entities_for_task(self, task_id: str) -> list[EntityTaskRow]:
         with self.db.read() as cur:
-            cur.execute(
-                "SELECT * FROM proj_entity_tasks WHERE task_id = ? ORDER BY entity_type, entity_id", (task_id,)
-            )
+            cur.execute("SELECT * FROM proj_entity_tasks WHERE task_id = ? ORDER BY entity_type, entity_id", (task_id,))
             return [_entity_row(r) for r in cur.fetchall()]
 
     def active_tasks(self, root_command_id: str | None = None) -> list[ActiveTaskRow]:
-        sql, params = "SELECT * FROM proj_active_tasks", ()
+        sql, params = "SELECT * FROM proj_active_tasks", tuple[str, ...]()
         if root_command_id:
             sql, params = sql + " WHERE root_command_id = ?", (root_command_id,)
         with self.db.read() as cur:
             cur.execute(sql + " ORDER BY root_command_id, task_id", params)
             return [
                 ActiveTaskRow(
-                    task_id=r[0], agent_task_id=r[1], command_id=r[2], root_command_id=r[3], verb=r[4],
-                    status=r[5], started_at=r[6],
+                    task_id=r[0],
+                    agent_task_id=r[1],
+                    command_id=r[2],
+                    root_command_id=r[3],
+                    verb=r[4],
+                    status=r[5],
+                    started_at=r[6],
                 )
                 for r in cur.fetchall()
             ]
@@ -165,8 +168,13 @@ class ViewQueries:
 
 def _entity_row(r: tuple[object, ...]) -> EntityTaskRow:
     return EntityTaskRow(
-        entity_type=str(r[0]), entity_id=str(r[1]), task_id=str(r[2]), command_id=str(r[3]),
-        root_command_id=str(r[4]), status=str(r[5]), read_only=bool(r[6]),
+        entity_type=str(r[0]),
+        entity_id=str(r[1]),
+        task_id=str(r[2]),
+        command_id=str(r[3]),
+        root_command_id=str(r[4]),
+        status=str(r[5]),
+        read_only=bool(r[6]),
         agent_task_id=None if r[7] is None else str(r[7]),
     )
 
@@ -176,8 +184,19 @@ def _command_row(r: tuple[object, ...]) -> CommandRow:
         dict(
             zip(
                 (
-                    "command_id", "root_command_id", "parent_id", "command_type", "status", "summary",
-                    "created_at", "ended_at", "outcome", "reason", "flagged", "task_count", "uncleared_tasks",
+                    "command_id",
+                    "root_command_id",
+                    "parent_id",
+                    "command_type",
+                    "status",
+                    "summary",
+                    "created_at",
+                    "ended_at",
+                    "outcome",
+                    "reason",
+                    "flagged",
+                    "task_count",
+                    "uncleared_tasks",
                 ),
                 r,
                 strict=True,

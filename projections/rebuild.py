@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from projections.runner import RebuildResult, VerifyResult
 from projections.views import Projection
@@ -38,9 +38,8 @@ def rebuild_or_verify(
         for projection in projections:
             verb = "verifying" if verify else "rebuilding"
             task = progress.add_task(f"{verb} {projection.name}", total=None, rate=0.0)
-            started = progress.tasks[task].elapsed or 0.0
 
-            def report(position: int, head: int, task: int = task) -> None:
+            def report(position: int, head: int, task: TaskID = task) -> None:
                 elapsed = max(progress.tasks[task].elapsed or 0.0, 1e-6)
                 progress.update(task, completed=position, total=head, rate=position / elapsed)
 
@@ -49,15 +48,18 @@ def rebuild_or_verify(
                 result = orch.projections.verify(projection, report)
             else:
                 result = orch.projections.rebuild(projection, report)
-            del started
             results.append(result)
     ok = all(r.ok for r in results if isinstance(r, VerifyResult))
     if as_json:
         doc = [
             {"name": r.name, "position": r.position, "ok": r.ok, "differences": r.differences}
             if isinstance(r, VerifyResult)
-            else {"name": r.name, "events": r.events, "seconds": round(r.seconds, 3),
-                  "events_per_second": round(r.events_per_second, 1)}
+            else {
+                "name": r.name,
+                "events": r.events,
+                "seconds": round(r.seconds, 3),
+                "events_per_second": round(r.events_per_second, 1),
+            }
             for r in results
         ]
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -71,6 +73,8 @@ def rebuild_or_verify(
                 for d in r.differences:
                     console.print(f"  {d}")
         else:
-            console.print(f"{r.name}: rebuilt from {r.events:,} events in {r.seconds:.2f}s "
-                          f"({r.events_per_second:,.0f} events/s) and swapped in")
+            console.print(
+                f"{r.name}: rebuilt from {r.events:,} events in {r.seconds:.2f}s "
+                f"({r.events_per_second:,.0f} events/s) and swapped in"
+            )
     return ok

@@ -84,8 +84,7 @@ class EntityTasksProjection(Projection):
 
     def index_statements(self, suffix: str, index_suffix: str) -> list[str]:
         return [
-            f"CREATE INDEX IF NOT EXISTS proj_entity_tasks_task{index_suffix}"
-            f" ON proj_entity_tasks{suffix} (task_id)"
+            f"CREATE INDEX IF NOT EXISTS proj_entity_tasks_task{index_suffix} ON proj_entity_tasks{suffix} (task_id)"
         ]
 
     def key_columns(self, table: str) -> str:
@@ -100,12 +99,19 @@ class EntityTasksProjection(Projection):
                     for etype, eid, mode in task["entities"]:
                         out.add(
                             f"INSERT INTO {t} VALUES (?, ?, ?, ?, ?, 'planned', ?, NULL)",
-                            etype, eid, task["task_id"], child["child_id"], root, int(mode == LockMode.READ),
+                            etype,
+                            eid,
+                            task["task_id"],
+                            child["child_id"],
+                            root,
+                            int(mode == LockMode.READ),
                         )
         elif isinstance(event, RootCommand.TasksSubmitted | RootCommand.OrphansAdopted):
             pairs = event.submitted if isinstance(event, RootCommand.TasksSubmitted) else event.orphans
             for task_id, agent_task_id in pairs:
-                out.add(f"UPDATE {t} SET status = 'running', agent_task_id = ? WHERE task_id = ?", agent_task_id, task_id)
+                out.add(
+                    f"UPDATE {t} SET status = 'running', agent_task_id = ? WHERE task_id = ?", agent_task_id, task_id
+                )
         elif isinstance(event, RootCommand.TasksEnded):
             for item in event.ended:
                 out.add(f"UPDATE {t} SET status = ? WHERE task_id = ?", item["status"], item["task_id"])
@@ -143,14 +149,19 @@ class ActiveTasksProjection(Projection):
                 for task in child["tasks"]:
                     out.add(
                         f"INSERT INTO {t} VALUES (?, NULL, ?, ?, ?, 'planned', NULL)",
-                        task["task_id"], child["child_id"], root, task["verb"],
+                        task["task_id"],
+                        child["child_id"],
+                        root,
+                        task["verb"],
                     )
         elif isinstance(event, RootCommand.TasksSubmitted | RootCommand.OrphansAdopted):
             pairs = event.submitted if isinstance(event, RootCommand.TasksSubmitted) else event.orphans
             for task_id, agent_task_id in pairs:
                 out.add(
                     f"UPDATE {t} SET status = 'running', agent_task_id = ?, started_at = ? WHERE task_id = ?",
-                    agent_task_id, _iso(event.timestamp), task_id,
+                    agent_task_id,
+                    _iso(event.timestamp),
+                    task_id,
                 )
         elif isinstance(event, RootCommand.TasksEnded):
             for item in event.ended:
@@ -197,7 +208,13 @@ class CommandsProjection(Projection):
             n_tasks = sum(len(ch["tasks"]) for ch in event.children)
             out.add(
                 f"INSERT INTO {c} VALUES (?, ?, NULL, ?, 'accepted', ?, ?, NULL, NULL, '', 0, ?, ?)",
-                root, root, event.flow, event.summary, created, n_tasks, n_tasks,
+                root,
+                root,
+                event.flow,
+                event.summary,
+                created,
+                n_tasks,
+                n_tasks,
             )
             for etype, eid, mode in event.entities:
                 out.add(f"INSERT INTO {ce} VALUES (?, ?, ?, ?)", etype, eid, root, mode)
@@ -206,7 +223,12 @@ class CommandsProjection(Projection):
                     continue
                 out.add(
                     f"INSERT INTO {c} VALUES (?, ?, ?, ?, 'accepted', '', ?, NULL, NULL, '', 0, ?, 0)",
-                    child["child_id"], root, root, child["command_type"], created, len(child["tasks"]),
+                    child["child_id"],
+                    root,
+                    root,
+                    child["command_type"],
+                    created,
+                    len(child["tasks"]),
                 )
                 seen: dict[tuple[str, str], str] = {}
                 for task in child["tasks"]:
@@ -221,7 +243,9 @@ class CommandsProjection(Projection):
             out.add(
                 f"UPDATE {c} SET reason = CASE WHEN reason = '' THEN ? ELSE reason END,"
                 f" uncleared_tasks = uncleared_tasks - ? WHERE command_id = ?",
-                event.reason, len(event.abandoned), root,
+                event.reason,
+                len(event.abandoned),
+                root,
             )
         elif isinstance(event, RootCommand.TasksRefused | RootCommand.TasksCleared):
             n = len(event.refused) if isinstance(event, RootCommand.TasksRefused) else len(event.task_ids)
@@ -232,13 +256,21 @@ class CommandsProjection(Projection):
             ended = _iso(event.timestamp)
             out.add(
                 f"UPDATE {c} SET status = ?, ended_at = ?, outcome = ?, reason = ?, flagged = ? WHERE command_id = ?",
-                event.outcome, ended, event.outcome, event.reason, int(event.flagged), root,
+                event.outcome,
+                ended,
+                event.outcome,
+                event.reason,
+                int(event.flagged),
+                root,
             )
             for child_id, outcome in event.children.items():
                 if child_id != root:
                     out.add(
                         f"UPDATE {c} SET status = ?, ended_at = ?, outcome = ? WHERE command_id = ?",
-                        outcome, ended, outcome, child_id,
+                        outcome,
+                        ended,
+                        outcome,
+                        child_id,
                     )
 
 

@@ -116,9 +116,7 @@ def _validated(adapter: TypeAdapter[T], raw: Any, call: str) -> T:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "answer"
-        raise AgentProtocolError(
-            f"agent gave a malformed answer to {call} ({where}: {first['msg']})"
-        ) from None
+        raise AgentProtocolError(f"agent gave a malformed answer to {call} ({where}: {first['msg']})") from None
 
 
 @runtime_checkable

@@ -114,8 +114,7 @@ _SCHEMA = [
     " ended_at REAL, effect_applied INTEGER NOT NULL DEFAULT 0,"
     " reverted INTEGER NOT NULL DEFAULT 0, cleared_at REAL, vanished INTEGER NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS tasks_running ON tasks (due_at) WHERE state = 'running'",
-    "CREATE INDEX IF NOT EXISTS tasks_held ON tasks (created_at)"
-    " WHERE cleared_at IS NULL AND vanished = 0",
+    "CREATE INDEX IF NOT EXISTS tasks_held ON tasks (created_at) WHERE cleared_at IS NULL AND vanished = 0",
     "CREATE TABLE IF NOT EXISTS storage_domains (storage_domain_id TEXT PRIMARY KEY)",
     "CREATE TABLE IF NOT EXISTS volumes (volume_id TEXT PRIMARY KEY,"
     " image_id TEXT NOT NULL, storage_domain_id TEXT NOT NULL, parent_id TEXT)",
@@ -362,8 +361,7 @@ class SimulatedAgentBackend:
         with self._write() as conn:
             self._advance(conn, now, faults)
             conn.executemany(
-                "UPDATE tasks SET cleared_at = ? WHERE agent_task_id = ? AND state != 'running'"
-                " AND cleared_at IS NULL",
+                "UPDATE tasks SET cleared_at = ? WHERE agent_task_id = ? AND state != 'running' AND cleared_at IS NULL",
                 [(now, i) for i in agent_task_ids],
             )
         return {"ok": True}
@@ -441,8 +439,7 @@ class SimulatedAgentBackend:
 
     def _advance(self, conn: sqlite3.Connection, now: float, faults: FaultConfig) -> None:
         due = conn.execute(
-            "SELECT agent_task_id, verb, args, fate FROM tasks WHERE state = 'running' AND due_at <= ?"
-            " ORDER BY due_at",
+            "SELECT agent_task_id, verb, args, fate FROM tasks WHERE state = 'running' AND due_at <= ? ORDER BY due_at",
             (now,),
         ).fetchall()
         for agent_task_id, verb, args_json, fate in due:

@@ -147,9 +147,7 @@ class RootCommand(Aggregate):
             if aggregate.failure_reason is None:
                 aggregate.failure_reason = self.reason
             for task_id in self.abandoned:
-                aggregate._end_task(
-                    task_id, TaskStatus.FAILED, EndKind.NOT_SUBMITTED, self.reason, {}, self.timestamp
-                )
+                aggregate._end_task(task_id, TaskStatus.FAILED, EndKind.NOT_SUBMITTED, self.reason, {}, self.timestamp)
                 aggregate.tasks[task_id].cleared = True
             if aggregate.status is CommandStatus.ACCEPTED:
                 aggregate.status = CommandStatus.RUNNING

@@ -63,7 +63,9 @@ class EngineLease:
         self._conn = conn
         return True
 
-    def acquire(self, *, wait: bool, stop: Callable[[], bool] = lambda: False, on_wait: Callable[[], None] | None = None) -> None:
+    def acquire(
+        self, *, wait: bool, stop: Callable[[], bool] = lambda: False, on_wait: Callable[[], None] | None = None
+    ) -> None:
         if self.try_acquire():
             return
         if not wait:

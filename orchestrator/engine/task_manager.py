@@ -133,9 +133,7 @@ class TaskManager:
         )
         self._agent_retry_at = self.clock() + self._agent_backoff
         self._agent_trouble = str(exc)
-        (log.warning if first else log.info)(
-            "%s; deciding nothing, retrying in %.1fs", exc, self._agent_backoff
-        )
+        (log.warning if first else log.info)("%s; deciding nothing, retrying in %.1fs", exc, self._agent_backoff)
 
     def _agent_ready(self) -> bool:
         return self.clock() >= self._agent_retry_at
@@ -164,7 +162,7 @@ class TaskManager:
 
     def _reload(self, command_id: UUID) -> RootCommand | None:
         try:
-            command = self.app.repository.get(command_id)
+            command: object = self.app.repository.get(command_id)
         except AggregateNotFoundError:
             self.inflight.pop(command_id, None)
             return None
@@ -275,7 +273,7 @@ class TaskManager:
             if parsed is None or parsed[0] in self.inflight:
                 continue
             try:
-                command = self.app.repository.get(parsed[0])
+                command: object = self.app.repository.get(parsed[0])
             except AggregateNotFoundError:
                 continue  # not ours: never touch it
             if not isinstance(command, RootCommand) or parsed[1] not in command.tasks:
@@ -339,7 +337,9 @@ class TaskManager:
         changed = []
         for command in self.inflight.values():
             if command.cancel_reason and command.failure_reason is None and not command.ended:
-                command.decide_failure(f"cancelled: {command.cancel_reason}", [t.task_id for t in command.planned_tasks])
+                command.decide_failure(
+                    f"cancelled: {command.cancel_reason}", [t.task_id for t in command.planned_tasks]
+                )
                 changed.append(command)
         if not changed:
             return
@@ -436,8 +436,14 @@ class TaskManager:
                 assert task.agent_task_id is not None
                 seen = by_id.get(task.agent_task_id)
                 if seen is None:
-                    ends.append(self._end_item(task.task_id, TaskStatus.FAILED, EndKind.VANISHED,
-                                               f"the agent no longer knows task {task.agent_task_id}"))
+                    ends.append(
+                        self._end_item(
+                            task.task_id,
+                            TaskStatus.FAILED,
+                            EndKind.VANISHED,
+                            f"the agent no longer knows task {task.agent_task_id}",
+                        )
+                    )
                 elif seen.ended:
                     ends.append(self._ended(task.task_id, seen))
                 elif now - seen.created_at.timestamp() > self.settings.zombie_seconds:
@@ -456,9 +462,13 @@ class TaskManager:
         aid = seen.agent_task_id
         if aid in self._zombies:
             self._zombies.discard(aid)
-            return self._end_item(task_id, TaskStatus.FAILED, EndKind.ZOMBIE,
-                                  f"ran longer than {self.settings.zombie_seconds:g}s; stopped",
-                                  agent_succeeded=seen.succeeded)
+            return self._end_item(
+                task_id,
+                TaskStatus.FAILED,
+                EndKind.ZOMBIE,
+                f"ran longer than {self.settings.zombie_seconds:g}s; stopped",
+                agent_succeeded=seen.succeeded,
+            )
         self._stopping.discard(aid)
         if seen.state is AgentTaskState.ABORTED:
             return self._end_item(task_id, TaskStatus.FAILED, EndKind.STOPPED, seen.message or "stopped")
@@ -560,8 +570,14 @@ class TaskManager:
         attempt = command.end_attempt.attempts + 1
         action = command.end_attempt.action
         text = f"{type(error).__name__}: {error}"
-        log.error("%s of %s failed (attempt %d of %d): %s", action.value, command.id, attempt,
-                  self.settings.end_action_attempts, text)
+        log.error(
+            "%s of %s failed (attempt %d of %d): %s",
+            action.value,
+            command.id,
+            attempt,
+            self.settings.end_action_attempts,
+            text,
+        )
         if attempt < self.settings.end_action_attempts:
             delay = self.settings.end_action_backoff * 2 ** (attempt - 1)
             command.record_end_action_failed(attempt, text, self._now_dt() + timedelta(seconds=delay), None)

@@ -1,0 +1,1 @@
+"""Event-sourced command orchestrator."""

@@ -1,0 +1,1 @@
+"""Read models fed from the orchestrator's event log, and their rebuild."""
