@@ -63,6 +63,7 @@ class FaultConfig(BaseModel):
 
     fail_verbs: list[str] = Field(default_factory=list, description="tasks of these verbs fail")
     fail_share: float = Field(0.0, ge=0, le=1, description="share of tasks that fail")
+    fail_ordinals: list[int] = Field(default_factory=list, description="the n-th tasks ever created fail (1-based)")
     refuse_verbs: list[str] = Field(default_factory=list, description="creation refused")
     vanish_share: float = Field(0.0, ge=0, le=1, description="share of tasks that vanish")
     unreachable_until: float = Field(0.0, description="epoch seconds; calls fail until then")
@@ -274,7 +275,12 @@ class SimulatedAgentBackend:
         if error:
             return {"key": key, "accepted": False, "error": error}
         fate = "ok"
-        if verb in faults.fail_verbs or _share_hit(faults.seed, "fail", key, faults.fail_share):
+        ordinal = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] + 1
+        if (
+            verb in faults.fail_verbs
+            or ordinal in faults.fail_ordinals
+            or _share_hit(faults.seed, "fail", key, faults.fail_share)
+        ):
             fate = "fail"
         elif _share_hit(faults.seed, "vanish", key, faults.vanish_share):
             fate = "vanish"

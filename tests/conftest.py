@@ -1,0 +1,165 @@
+"""Shared fixtures: real SQLite files, a real PostgreSQL schema per test, engine helpers.
+
+Every storage test runs on both backends through the `store_url` fixture. If
+PostgreSQL cannot be reached, those cases are skipped with the reason, unless
+`ORCHESTRATOR_REQUIRE_POSTGRES=1` (set by CI), which turns the skip into a
+failure.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from orchestrator.agent.simulator import SimulatedAgent
+from orchestrator.application import Orchestrator
+from orchestrator.config import EngineSettings, load_engine_settings
+from orchestrator.engine.task_manager import TaskManager
+from orchestrator.invariants import InvariantResult, check_invariants
+
+PG_DSN = os.environ.get("ORCHESTRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES") == "1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pg_reachable() -> str | None:
+    try:
+        with psycopg.connect(PG_DSN, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+_PG_PROBLEM: str | None = _pg_reachable()
+
+
+def pg_schema_url(schema: str) -> str:
+    return f"{PG_DSN}?schema={schema}"
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped afterwards."""
+    if _PG_PROBLEM is not None:
+        message = f"PostgreSQL not reachable at {PG_DSN}: {_PG_PROBLEM}"
+        if REQUIRE_PG:
+            pytest.fail(message + " (ORCHESTRATOR_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield schema
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    schema: str = request.getfixturevalue("pg_schema")
+    return pg_schema_url(schema)
+
+
+@pytest.fixture
+def agent_state(tmp_path: Path) -> Path:
+    return tmp_path / "agent.db"
+
+
+@pytest.fixture
+def orch(store_url: str, agent_state: Path) -> Iterator[Orchestrator]:
+    o = Orchestrator.open(store_url, agent_state=agent_state, create=True)
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def agent(agent_state: Path) -> Iterator[SimulatedAgent]:
+    a = SimulatedAgent.open(agent_state, task_seconds=0.2)
+    yield a
+    a.close()
+
+
+def fast_settings(**overrides: Any) -> EngineSettings:
+    return load_engine_settings(**{"poll_interval": 0.02, **overrides})
+
+
+def run_until_idle(
+    orch: Orchestrator, agent: SimulatedAgent, *, timeout: float = 30.0, settings: EngineSettings | None = None
+) -> TaskManager:
+    """Recover and run an in-process engine until nothing is in flight (fails on timeout)."""
+    engine = TaskManager(orch, agent, settings or fast_settings())
+    engine.recover()
+    stop = threading.Event()
+    timer = threading.Timer(timeout, stop.set)
+    timer.start()
+    try:
+        engine.run(stop, until_idle=True)
+    finally:
+        timer.cancel()
+    assert engine.idle, f"engine not idle after {timeout}s: {len(engine.inflight)} command(s) in flight"
+    return engine
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02, what: str = "") -> None:
+    """Wait on a condition with a deadline (never sleep-and-hope)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m orchestrator ARGS` as a real subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=timeout,
+        cwd=REPO,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    return proc
+
+
+def engine_args(store_url: str, agent_state: Path, *run_args: str) -> list[str]:
+    return ["--store", store_url, "--agent-state", str(agent_state), "run", *run_args]
+
+
+def assert_invariants(results: list[InvariantResult]) -> None:
+    broken = [f"{r.number}. {r.name}: {r.detail}" for r in results if not r.ok]
+    assert not broken, "invariants broken:\n" + "\n".join(broken)
+
+
+def invariants_hold(orch: Orchestrator, agent_state: Path, **kwargs: Any) -> None:
+    agent = SimulatedAgent.open(agent_state)
+    try:
+        assert_invariants(check_invariants(orch, agent, **kwargs))
+    finally:
+        agent.close()
