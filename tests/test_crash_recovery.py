@@ -64,8 +64,17 @@ def crash_and_recover(
         orch.seed(1, 3)
     crash_env = _engine_env(ORCHESTRATOR_CRASH_AT=f"{point}:{n}", **extra)
     if point == "after_accept":
-        died = run_cli("--store", store_url, "--agent-state", str(agent_state), "submit", flow,
-                       "--params", _json(params), env=crash_env)
+        died = run_cli(
+            "--store",
+            store_url,
+            "--agent-state",
+            str(agent_state),
+            "submit",
+            flow,
+            "--params",
+            _json(params),
+            env=crash_env,
+        )
         assert died.returncode == CRASH_EXIT_CODE, died.stderr
         with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
             orch.projections.catch_up()
@@ -123,8 +132,10 @@ def test_remove_vm_of_four_disks_crashed_after_two_submissions_fails(store_url: 
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(1, 4)
         command_id = str(orch.submit("RemoveVm", {"vm_id": "vm-0001"}).command_id)
-    died = run_cli(*engine_args(store_url, agent_state, "--timeout", "60"),
-                   env=_engine_env(ORCHESTRATOR_CRASH_AT="after_agent_id_recorded:2", **ONE_PER_CALL))
+    died = run_cli(
+        *engine_args(store_url, agent_state, "--timeout", "60"),
+        env=_engine_env(ORCHESTRATOR_CRASH_AT="after_agent_id_recorded:2", **ONE_PER_CALL),
+    )
     assert died.returncode == CRASH_EXIT_CODE, died.stderr
     with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
         at_crash = orch.command(command_id)
@@ -157,11 +168,14 @@ def test_crash_twice_the_second_time_during_recovery(store_url: str, agent_state
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(1, 3)
         command_id = str(orch.submit("CreateSnapshot", {"vm_id": "vm-0001"}).command_id)
-    first = run_cli(*engine_args(store_url, agent_state, "--timeout", "60"),
-                    env=_engine_env(ORCHESTRATOR_CRASH_AT="after_agent_accept:2", **ONE_PER_CALL))
+    first = run_cli(
+        *engine_args(store_url, agent_state, "--timeout", "60"),
+        env=_engine_env(ORCHESTRATOR_CRASH_AT="after_agent_accept:2", **ONE_PER_CALL),
+    )
     assert first.returncode == CRASH_EXIT_CODE, first.stderr
-    second = run_cli(*engine_args(store_url, agent_state, "--timeout", "60"),
-                     env=_engine_env(ORCHESTRATOR_CRASH_AT="in_recovery:1"))
+    second = run_cli(
+        *engine_args(store_url, agent_state, "--timeout", "60"), env=_engine_env(ORCHESTRATOR_CRASH_AT="in_recovery:1")
+    )
     assert second.returncode == CRASH_EXIT_CODE, second.stderr
     third = run_cli(*engine_args(store_url, agent_state, "--until-idle", "--timeout", "60"), env=_engine_env())
     assert third.returncode == 0, third.stderr

@@ -60,7 +60,9 @@ def test_each_flow_changes_the_inventory_as_it_says(orch: Orchestrator, agent: S
     assert orch.entity(EntityRef(EntityType.DISK, "disk-0001-1")).removed  # type: ignore[union-attr]
     vm2 = _vm(orch, "vm-0002")
     assert vm2.status == "hibernated" and len(vm2.memory_volumes) == 2
-    tmpl = orch.entity(next(e.ref for e in orch.command(template.command_id).entities if e.ref.type is EntityType.TEMPLATE))
+    tmpl = orch.entity(
+        next(e.ref for e in orch.command(template.command_id).entities if e.ref.type is EntityType.TEMPLATE)
+    )
     assert isinstance(tmpl, Template) and tmpl.status == "ok" and len(tmpl.images) == 2
     assert all(image[0] == "sd-2" for image in tmpl.images)
     snap_ref = next(e.ref for e in orch.command(snapshot.command_id).entities if e.ref.type is EntityType.SNAPSHOT)

@@ -188,6 +188,8 @@ class RootCommand(Aggregate):
             attempt.retry_at = self.retry_at
             if self.fallback is not None:
                 aggregate.flagged = True
+                if aggregate.failure_reason is None:
+                    aggregate.failure_reason = f"{self.action} gave up after {self.attempt} attempt(s): {self.error}"
                 attempt = EndAttempt(EndAction(self.fallback))
             aggregate.end_attempt = attempt
 
@@ -388,10 +390,9 @@ class RootCommand(Aggregate):
         action = self.due_end_action
         succeeded = action is EndAction.SUCCESS and not flagged
         reason = "all tasks succeeded" if succeeded else self.failure_summary()
-        if self.flagged or flagged:
-            attempt = self.end_attempt
-            detail = attempt.last_error if attempt and attempt.last_error else "end action failed"
-            reason = f"{reason}; end action gave up: {detail}"
+        attempt = self.end_attempt
+        if flagged and attempt is not None and attempt.last_error:
+            reason = f"{reason}; {attempt.action.value} gave up: {attempt.last_error}"
         self.trigger_event(
             self.Ended,
             outcome="succeeded" if succeeded else "failed",

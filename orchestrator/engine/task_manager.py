@@ -510,12 +510,15 @@ class TaskManager:
         try:
             for command in ready:
                 self._run_end_action(command, unit)
-        except _EndActionRaised:
-            # Discard every change of this batch and go one command at a time.
+        except _EndActionRaised as raised:
+            # Discard every change of this batch; count the attempt of the one that raised,
+            # and end the others one command at a time.
             for command in ready:
                 self._reload(command.id)
+            self._end_action_failed(self.inflight[raised.command_id], raised.error)
             for command in ready:
-                self._end_one(command.id, report)
+                if command.id != raised.command_id:
+                    self._end_one(command.id, report)
             return
         if self._save(*ready, *unit.touched()):
             report.commands_ended += len(ready)
