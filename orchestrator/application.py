@@ -9,14 +9,14 @@ manager that executes accepted commands.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
@@ -247,6 +247,39 @@ class Orchestrator:
         if not isinstance(command, RootCommand):
             raise NotFoundError(f"{ident} is not a command")
         return command
+
+    def load_commands(self, ids: Sequence[UUID], chunk: int = 500) -> list[RootCommand]:
+        """Replay many commands with one query per chunk (recovery loads everything in flight)."""
+        out: list[RootCommand] = []
+        for start in range(0, len(ids), chunk):
+            stored = self._select_events_of(list(ids[start : start + chunk]))
+            by_id: dict[UUID, list[StoredEvent]] = {}
+            for event in stored:
+                by_id.setdefault(UUID(str(event.originator_id)), []).append(event)
+            for events in by_id.values():
+                command = project_aggregate(None, map(self.app.mapper.to_domain_event, events))
+                if isinstance(command, RootCommand):
+                    out.append(command)
+        return out
+
+    def _select_events_of(self, ids: list[UUID]) -> list[StoredEvent]:
+        recorder: Any = self.app.recorder
+        table = recorder.events_table_name
+        columns = "originator_id, originator_version, topic, state"
+        order = "ORDER BY originator_id, originator_version"
+        if self.config.kind == "sqlite":
+            marks = ",".join("?" * len(ids))
+            sql = f"SELECT {columns} FROM {table} WHERE originator_id IN ({marks}) {order}"
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(sql, [i.hex for i in ids])
+                rows = cursor.fetchall()
+            return [StoredEvent(UUID(r[0]), r[1], r[2], r[3]) for r in rows]
+        qualified = f'"{self.config.schema_name}"."{table}"'
+        sql = f"SELECT {columns} FROM {qualified} WHERE originator_id = ANY(%s) {order}"
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(sql, (ids,))
+            rows = cursor.fetchall()
+        return [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"])) for r in rows]
 
     def request_cancel(self, command_id: UUID | str, reason: str = "cancelled by user") -> RootCommand:
         for _ in range(ACCEPT_ATTEMPTS):

@@ -22,6 +22,9 @@ from orchestrator.domain.model import LockMode
 from projections.db import Cursor
 
 Statement = tuple[str, tuple[Any, ...]]
+# Root commands still in flight: not ended, or ended with tasks still to clear. Queries use this
+# exact predicate so the partial index serves them whatever the size of the history.
+IN_FLIGHT_ROOTS = "parent_id IS NULL AND (status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
 
 
 @dataclass
@@ -193,8 +196,8 @@ class CommandsProjection(Projection):
             f"CREATE INDEX IF NOT EXISTS proj_commands_status{index_suffix} ON proj_commands{suffix} (status)",
             f"CREATE INDEX IF NOT EXISTS proj_commands_parent{index_suffix} ON proj_commands{suffix} (parent_id)",
             f"CREATE INDEX IF NOT EXISTS proj_commands_type{index_suffix} ON proj_commands{suffix} (command_type)",
-            f"CREATE INDEX IF NOT EXISTS proj_commands_uncleared{index_suffix}"
-            f" ON proj_commands{suffix} (uncleared_tasks) WHERE uncleared_tasks > 0",
+            f"CREATE INDEX IF NOT EXISTS proj_commands_in_flight{index_suffix} ON proj_commands{suffix} (command_id)"
+            f" WHERE {IN_FLIGHT_ROOTS}",
         ]
 
     def key_columns(self, table: str) -> str:

@@ -185,10 +185,8 @@ class TaskManager:
         report = RecoveryReport()
         self.orch.projections.catch_up()
         position = {s.name: s.position for s in self.orch.projections.status()}["commands"]
-        ids = self.orch.queries.in_flight_root_ids()
-        self.inflight = {}
-        for ident in ids:
-            self._reload(UUID(ident))
+        ids = [UUID(i) for i in self.orch.queries.in_flight_root_ids()]
+        self.inflight = {c.id: c for c in self.orch.load_commands(ids)}
         self.log_position = position
         self._discover()
         statuses = self._statuses_waiting(stop, report)
