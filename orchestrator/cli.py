@@ -182,6 +182,9 @@ def run(
     poll_interval: Annotated[float | None, typer.Option(help="seconds between poll cycles")] = None,
     timeout: Annotated[float | None, typer.Option(help="give up (exit 9) after this many seconds")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="fail if another engine runs; do not stand by")] = False,
+    no_projections: Annotated[
+        bool, typer.Option("--no-projections", help="leave the read models to 'projections run' (PostgreSQL)")
+    ] = False,
 ) -> None:
     """Recover, then execute accepted commands and poll until stopped (SIGINT/SIGTERM)."""
     settings = load_engine_settings(poll_interval=poll_interval)
@@ -208,7 +211,7 @@ def run(
         )
         agent = orch.open_agent()
         try:
-            engine = TaskManager(orch, agent, settings)
+            engine = TaskManager(orch, agent, settings, update_projections=not no_projections)
             started = time.monotonic()
             report = engine.recover(stop.is_set)
             log.info("recovered %d command(s) in %.2fs", len(report.decisions), time.monotonic() - started)
@@ -266,6 +269,7 @@ def list_commands(
         _print_json(CommandListView(freshness=fresh, commands=rows))
     else:
         out.print(commands_table(rows))
+        out.print(f"{len(rows)} command(s); view at event {fresh.position} of {fresh.head} (lag {fresh.lag})")
 
 
 @app.command()
