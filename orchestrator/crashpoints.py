@@ -17,7 +17,6 @@ CRASH_EXIT_CODE = 86
 
 CRASH_POINTS: dict[str, str] = {
     "after_accept": "the command and all its expected tasks are recorded (submit, or the library's submit)",
-    "after_submission_started": "the engine recorded that submission started, before any agent call",
     "after_agent_accept": "the agent accepted a batch of tasks; their agent ids are not recorded",
     "after_agent_id_recorded": "the agent ids of a batch of tasks are recorded",
     "after_task_end_recorded": "the ends of tasks found in one poll cycle are recorded",

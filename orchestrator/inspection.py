@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,10 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.agent.interface import AgentTaskStatus
 from orchestrator.agent.simulator import SimulatedAgent, default_agent_state_path
 from orchestrator.application import OrchestratorApp
 from orchestrator.domain.commands import RootCommand
-from orchestrator.domain.recovery import Decision, Verdict, decide
+from orchestrator.domain.recovery import AgentView, Decision, Verdict, decide
 from orchestrator.errors import AgentError, NotFoundError, OrchestratorError, StoreError
 from orchestrator.render import command_detail, styled
 from orchestrator.store import StoreConfig, parse_store_url, prepare_store, store_url_from_env
@@ -142,7 +140,7 @@ class ReadOnlyStore:
         return command
 
 
-def _agent_tasks(store: ReadOnlyStore, agent_state: Path | None) -> tuple[Mapping[str, AgentTaskStatus] | None, str]:
+def _agent_tasks(store: ReadOnlyStore, agent_state: Path | None) -> tuple[AgentView | None, str]:
     path = agent_state or default_agent_state_path(store.config.path)
     if not path.exists():
         return None, f"no agent state at {path}: verdicts that depend on the agent are provisional"
@@ -156,14 +154,14 @@ def _agent_tasks(store: ReadOnlyStore, agent_state: Path | None) -> tuple[Mappin
         return None, f"{exc}: verdicts that depend on the agent are provisional"
     finally:
         agent.close()
-    return {s.key: s for s in statuses}, f"reconciled with the agent at {path} ({len(statuses)} task(s) held)"
+    return AgentView(statuses), f"reconciled with the agent at {path} ({len(statuses)} task(s) held)"
 
 
 def inspect_store(store: ReadOnlyStore, agent_state: Path | None, *, with_agent: bool) -> InspectionReport:
     ids = store.root_ids()
     commands = [store.command(str(i)) for i in ids]
     in_flight = [c for c in commands if c.in_flight]
-    agent_tasks: Mapping[str, AgentTaskStatus] | None = None
+    agent_tasks: AgentView | None = None
     note = "agent not consulted (--no-agent): verdicts that depend on the agent are provisional"
     if with_agent:
         agent_tasks, note = _agent_tasks(store, agent_state)
@@ -242,8 +240,6 @@ def describe_event(event: Any) -> tuple[str, str]:
         return name, f"{event.outcome}: {event.reason}{reverted}" + ("; FLAGGED" if event.flagged else "")
     if isinstance(event, RootCommand.TasksCleared):
         return name, f"{len(event.task_ids)} task(s) cleared on the agent"
-    if isinstance(event, RootCommand.SubmissionStarted):
-        return name, "submission to the agent started"
     return name, ""
 
 

@@ -11,6 +11,7 @@ the old view or the new one, never a half-built one.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
 from orchestrator.domain.commands import RootCommand
 from projections.db import Cursor, ViewDatabase
-from projections.views import PROJECTIONS, Projection, StatementBatch
+from projections.views import PROJECTIONS, Projection, RawEvent, StatementBatch
 
 TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
@@ -78,6 +79,14 @@ class ProjectionRunner:
         self.mapper = mapper
         self.projections = list(projections or PROJECTIONS.values())
 
+    def _raw(self, n: Notification) -> RawEvent:
+        state = n.state
+        if self.mapper.cipher:
+            state = self.mapper.cipher.decrypt(state)
+        if self.mapper.compressor:
+            state = self.mapper.compressor.decompress(state)
+        return RawEvent(n.topic[len(RELEVANT_PREFIX) :], str(n.originator_id), json.loads(state))
+
     # ---- set-up ---------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
@@ -120,7 +129,7 @@ class ProjectionRunner:
         for n in notifications:
             if not n.topic.startswith(RELEVANT_PREFIX):
                 continue
-            event = self.mapper.to_domain_event(n)
+            event = self._raw(n)
             for projection, position in targets:
                 if n.id > position:
                     projection.apply(event, out, suffix)

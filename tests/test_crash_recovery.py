@@ -33,7 +33,6 @@ ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
 # whose submission was cut short must fail (G1); every other crash must not change the outcome.
 CRASHES: list[tuple[str, int, dict[str, str], str]] = [
     ("after_accept", 1, {}, "succeeded"),
-    ("after_submission_started", 1, {}, "failed"),
     ("after_agent_accept", 1, {}, "failed"),
     ("after_agent_accept", 2, ONE_PER_CALL, "failed"),
     ("after_agent_id_recorded", 1, {}, "succeeded"),

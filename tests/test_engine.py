@@ -247,7 +247,12 @@ def test_a_standby_engine_takes_over_when_the_running_one_dies(store_url: str, a
             assert all(orch.command(i).status.value == "succeeded" for i in ids)
             # the dead engine had submitted everything: the standby resumes, it does not fail anything
             taken_over = {v for i in ids for _, v, _ in orch.command(i).recoveries[-1:]}
-            assert taken_over and taken_over <= {"resume polling", "run end action", "run end action again", "clear only"}
+            assert taken_over and taken_over <= {
+                "resume polling",
+                "run end action",
+                "run end action again",
+                "clear only",
+            }
             invariants_hold(orch, agent_state, expected_commands=ids)
     finally:
         for proc in (first, standby):

@@ -275,10 +275,12 @@ class SimulatedAgentBackend:
         if error:
             return {"key": key, "accepted": False, "error": error}
         fate = "ok"
-        ordinal = conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] + 1
         if (
             verb in faults.fail_verbs
-            or ordinal in faults.fail_ordinals
+            or (
+                faults.fail_ordinals
+                and conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] + 1 in faults.fail_ordinals
+            )
             or _share_hit(faults.seed, "fail", key, faults.fail_share)
         ):
             fate = "fail"

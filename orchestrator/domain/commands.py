@@ -3,7 +3,7 @@
 A root command owns its child commands and every task they expect. All of it
 is recorded by the `Accepted` event, in the same transaction as the entity
 locks, before the agent is called (guarantee G1). Every later lifecycle change
-is an event: submission started, agent task ids attached, submissions refused,
+is an event: agent task ids attached, submissions refused,
 tasks ended, failure decided, recovery verdicts, the end action started /
 failed / finished, and tasks cleared on the agent.
 
@@ -89,15 +89,11 @@ class RootCommand(Aggregate):
         entities: list[list[str]]
         children: list[dict[str, Any]]
 
-    class SubmissionStarted(Aggregate.Event):
-        def apply(self, aggregate: RootCommand) -> None:
-            aggregate.status = CommandStatus.RUNNING
-            aggregate.started_at = self.timestamp
-
     class TasksSubmitted(Aggregate.Event):
         submitted: list[list[str]]  # [task_id, agent_task_id]
 
         def apply(self, aggregate: RootCommand) -> None:
+            aggregate._mark_started(self.timestamp)
             for task_id, agent_task_id in self.submitted:
                 task = aggregate.tasks[task_id]
                 task.agent_task_id = agent_task_id
@@ -108,6 +104,7 @@ class RootCommand(Aggregate):
         refused: list[list[str]]  # [task_id, message]
 
         def apply(self, aggregate: RootCommand) -> None:
+            aggregate._mark_started(self.timestamp)
             for task_id, message in self.refused:
                 aggregate._end_task(task_id, TaskStatus.FAILED, EndKind.REFUSED, message, {}, self.timestamp)
                 aggregate.tasks[task_id].cleared = True  # nothing on the agent
@@ -118,6 +115,7 @@ class RootCommand(Aggregate):
         orphans: list[list[str]]  # [task_id, agent_task_id]
 
         def apply(self, aggregate: RootCommand) -> None:
+            aggregate._mark_started(self.timestamp)
             for task_id, agent_task_id in self.orphans:
                 task = aggregate.tasks[task_id]
                 task.agent_task_id = agent_task_id
@@ -149,8 +147,7 @@ class RootCommand(Aggregate):
             for task_id in self.abandoned:
                 aggregate._end_task(task_id, TaskStatus.FAILED, EndKind.NOT_SUBMITTED, self.reason, {}, self.timestamp)
                 aggregate.tasks[task_id].cleared = True
-            if aggregate.status is CommandStatus.ACCEPTED:
-                aggregate.status = CommandStatus.RUNNING
+            aggregate._mark_started(self.timestamp)
 
     class Recovered(Aggregate.Event):
         """What recovery decided for this command after an engine start."""
@@ -339,10 +336,6 @@ class RootCommand(Aggregate):
 
     # ---- commands (each triggers one event, or none when there is nothing to record) -------
 
-    def start_submission(self) -> None:
-        if self.status is CommandStatus.ACCEPTED:
-            self.trigger_event(self.SubmissionStarted)
-
     def record_submitted(self, submitted: list[tuple[str, str]]) -> None:
         if submitted:
             self.trigger_event(self.TasksSubmitted, submitted=[list(s) for s in submitted])
@@ -407,6 +400,11 @@ class RootCommand(Aggregate):
             self.trigger_event(self.TasksCleared, task_ids=task_ids)
 
     # ---- internals -----------------------------------------------------------------------
+
+    def _mark_started(self, at: datetime) -> None:
+        if self.status is CommandStatus.ACCEPTED:
+            self.status = CommandStatus.RUNNING
+            self.started_at = at
 
     def _end_task(
         self,

@@ -91,8 +91,8 @@ class EndKind(StrEnum):
 
 
 class CommandStatus(StrEnum):
-    ACCEPTED = "accepted"  # recorded with all expected tasks; submission not started
-    RUNNING = "running"  # submission started; tasks run on the agent
+    ACCEPTED = "accepted"  # recorded with all expected tasks; no agent task id recorded yet
+    RUNNING = "running"  # the agent accepted (or refused) tasks; they run there
     ENDING = "ending"  # all tasks ended; the end action is due
     SUCCEEDED = "succeeded"
     FAILED = "failed"

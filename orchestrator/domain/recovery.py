@@ -7,7 +7,7 @@ recovery does. The rules are those of DESIGN.md section 6.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -41,13 +41,24 @@ class Decision:
         return self.verdict is not Verdict.NOTHING
 
 
-def decide(command: RootCommand, agent_tasks: Mapping[str, AgentTaskStatus] | None) -> Decision:
-    """Decide for one root command; `agent_tasks` maps idempotency key to the agent's task.
+class AgentView:
+    """The agent's task list, indexed by idempotency key and by agent task id."""
+
+    def __init__(self, statuses: Iterable[AgentTaskStatus]) -> None:
+        self.by_key: dict[str, AgentTaskStatus] = {}
+        self.by_id: dict[str, AgentTaskStatus] = {}
+        for status in statuses:
+            self.by_key[status.key] = status
+            self.by_id[status.agent_task_id] = status
+
+
+def decide(command: RootCommand, agent: AgentView | None) -> Decision:
+    """Decide for one root command, given the agent's task list.
 
     Without the agent's task list (`None`), the verdict is marked provisional:
     orphans, vanished tasks and tasks that ended meanwhile cannot be known.
     """
-    provisional = agent_tasks is None
+    provisional = agent is None
     if command.ended:
         if command.uncleared_tasks:
             n = len(command.uncleared_tasks)
@@ -58,25 +69,29 @@ def decide(command: RootCommand, agent_tasks: Mapping[str, AgentTaskStatus] | No
         assert command.end_attempt is not None
         reason = f"{command.end_attempt.action.value} had started and did not finish"
         return Decision(Verdict.RUN_END_ACTION_AGAIN, reason, provisional)
-    if command.status is CommandStatus.ACCEPTED:
-        return Decision(Verdict.START, "accepted; submission had not started, nothing is on the agent")
-
     decision = Decision(Verdict.RESUME, "", provisional)
-    by_id = {t.agent_task_id: t for t in agent_tasks.values()} if agent_tasks is not None else {}
     for task in command.planned_tasks:
-        found = agent_tasks.get(command.task_key(task.task_id)) if agent_tasks is not None else None
+        found = agent.by_key.get(command.task_key(task.task_id)) if agent is not None else None
         if found is not None:
             decision.orphans.append((task.task_id, found.agent_task_id))
         else:
             decision.unsubmitted.append(task.task_id)
-    if agent_tasks is not None:
+    if agent is not None:
         for task in command.running_tasks:
-            seen = by_id.get(task.agent_task_id or "")
+            seen = agent.by_id.get(task.agent_task_id or "")
             if seen is None:
                 decision.vanished.append(task.task_id)
             elif seen.ended:
                 decision.finished_while_down.append(task.task_id)
 
+    if command.status is CommandStatus.ACCEPTED and not decision.orphans and not command.cancel_reason:
+        # No agent id was recorded and the agent holds none of its keys: nothing was submitted.
+        decision.verdict = Verdict.START
+        decision.unsubmitted = []
+        decision.reason = "accepted; none of its tasks is on the agent: submit them"
+        if provisional:
+            decision.reason = "accepted; no agent task id recorded (the agent may hold some: not asked)"
+        return decision
     reasons = []
     planned = len(decision.orphans) + len(decision.unsubmitted)
     if planned:

@@ -40,7 +40,7 @@ from orchestrator.config import EngineSettings
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import CommandStatus, EndAction, EndKind, TaskStatus, parse_agent_task_key
-from orchestrator.domain.recovery import Decision, Verdict, decide
+from orchestrator.domain.recovery import AgentView, Decision, Verdict, decide
 from orchestrator.errors import AgentError
 from orchestrator.flows import get_flow
 
@@ -148,19 +148,24 @@ class TaskManager:
             return True
         n_events = sum(len(a.pending_events) for a in pending)
         try:
-            self.app.save(*pending)
+            self.orch.save(*pending)
         except IntegrityError as exc:
-            log.warning("store refused a write (%s); re-reading the commands involved", exc)
+            # Another process changed one of these aggregates. Forget what we held; a command
+            # that may have lost agent ids learned this cycle is reconciled with the agent.
+            log.info("store refused a write (%s); re-reading what it involved", exc)
+            self.orch.forget(a.id for a in pending)
             for aggregate in pending:
                 if isinstance(aggregate, RootCommand):
-                    self._reload(aggregate.id)
-                    self._reconcile_ids.add(aggregate.id)
+                    command = self._reload(aggregate.id)
+                    if command is not None and command.status is CommandStatus.RUNNING and command.planned_tasks:
+                        self._reconcile_ids.add(aggregate.id)
             return False
         self.store_transactions += 1
         self.events_saved += n_events
         return True
 
     def _reload(self, command_id: UUID) -> RootCommand | None:
+        self.orch.forget([command_id])
         try:
             command: object = self.app.repository.get(command_id)
         except AggregateNotFoundError:
@@ -221,11 +226,11 @@ class TaskManager:
                 time.sleep(min(0.1, max(0.0, deadline - self.clock())))
 
     def _reconcile(self, commands: Iterable[RootCommand], statuses: list[AgentTaskStatus]) -> dict[UUID, Decision]:
-        by_key = {s.key: s for s in statuses}
+        view = AgentView(statuses)
         decisions: dict[UUID, Decision] = {}
         changed = []
         for command in commands:
-            decision = decide(command, by_key)
+            decision = decide(command, view)
             if decision.verdict is Verdict.NOTHING:
                 self.inflight.pop(command.id, None)
                 continue
@@ -322,7 +327,12 @@ class TaskManager:
             for n in page:
                 command_id = UUID(str(n.originator_id))
                 held = self.inflight.get(command_id)
-                if held is None or held.version < n.originator_version:
+                if held is None and n.originator_version == 1:
+                    # A new command: its Accepted event is all there is to it (if another
+                    # process wrote more since, our first save conflicts and we re-read).
+                    created: Any = self.app.mapper.to_domain_event(n)
+                    self.inflight[command_id] = created.mutate(None)
+                elif held is None or held.version < n.originator_version:
                     command = self._reload(command_id)
                     if command is not None and not command.in_flight:
                         self.inflight.pop(command_id, None)
@@ -353,19 +363,16 @@ class TaskManager:
                     self._stopping.add(task.agent_task_id)
 
     def _submit(self, report: CycleReport) -> None:
-        accepted = [c for c in self.inflight.values() if c.status is CommandStatus.ACCEPTED]
-        if accepted:
-            for command in accepted:
-                command.start_submission()
-            if not self._save(*accepted):
-                return
-            crash_point("after_submission_started")
-        # Planned tasks of running commands (a create call that failed is retried with
-        # the same keys: the agent answers with the task it may already have made).
+        # Planned tasks of accepted commands, and of running ones whose create call failed:
+        # that call is retried with the same keys, and the agent answers with any task it
+        # had already made. (After a crash it is recovery, not this, that decides.)
         pending = [
             (c, t)
             for c in self.inflight.values()
-            if c.status is CommandStatus.RUNNING and c.failure_reason is None and c.id not in self._reconcile_ids
+            if c.status in (CommandStatus.ACCEPTED, CommandStatus.RUNNING)
+            and c.failure_reason is None
+            and c.cancel_reason is None
+            and c.id not in self._reconcile_ids
             for t in c.planned_tasks
         ]
         size = self.settings.submit_batch
@@ -504,13 +511,15 @@ class TaskManager:
         if not ready:
             return
         crash_point("in_end_action")
-        unit = InventoryUnit(self.app)
+        unit = InventoryUnit(self.orch)
+        unit.prefetch(use.ref for command in ready for use in command.entities)
         try:
             for command in ready:
                 self._run_end_action(command, unit)
         except _EndActionRaised as raised:
             # Discard every change of this batch; count the attempt of the one that raised,
             # and end the others one command at a time.
+            self.orch.forget(e.id for e in unit.entities.values())
             for command in ready:
                 self._reload(command.id)
             self._end_action_failed(self.inflight[raised.command_id], raised.error)
@@ -555,10 +564,11 @@ class TaskManager:
 
     def _end_one(self, command_id: UUID, report: CycleReport) -> None:
         command = self.inflight[command_id]
-        unit = InventoryUnit(self.app)
+        unit = InventoryUnit(self.orch)
         try:
             self._run_end_action(command, unit)
         except _EndActionRaised as raised:
+            self.orch.forget(e.id for e in unit.entities.values())
             command = self._reload(command_id) or command
             self._end_action_failed(command, raised.error)
             return
@@ -590,7 +600,7 @@ class TaskManager:
         else:
             log.error("giving up on %s of %s; releasing its locks, flagged", action.value, command.id)
             command.record_end_action_failed(attempt, text, None, None)
-            unit = InventoryUnit(self.app)
+            unit = InventoryUnit(self.orch)
             unit.release_locks(command)
             command.end(flagged=True, reverted=self._reverted.pop(command.id, []))
             self._save(command, *unit.touched())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
@@ -46,6 +46,9 @@ class InventoryAccess(Protocol):
     def get(self, ref: EntityRef) -> InventoryEntity | None: ...
 
     def add(self, entity: InventoryEntity) -> None: ...
+
+    def prefetch(self, refs: Iterable[EntityRef]) -> None:
+        """Load these entities in one go (an optimisation; `get` works without it)."""
 
 
 RunningTasksLookup = Callable[[EntityRef], list[str]]

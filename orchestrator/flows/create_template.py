@@ -42,6 +42,7 @@ class CreateTemplate(Flow):
     def plan(self, ctx: PlanContext, params: Any) -> Plan:
         assert isinstance(params, CreateTemplateParams)
         vm = require(ctx.inventory, EntityRef(EntityType.VM, params.vm_id), Vm)
+        ctx.inventory.prefetch(EntityRef(EntityType.DISK, d) for d in vm.disk_ids)
         disks = [require(ctx.inventory, EntityRef(EntityType.DISK, d), Disk) for d in vm.disk_ids]
         if not disks:
             raise CommandRefusedError(f"vm {vm.entity_id} has no disk to make a template from")

@@ -38,6 +38,7 @@ class RemoveVm(Flow):
         vm = require(ctx.inventory, EntityRef(EntityType.VM, params.vm_id), Vm)
         if vm.status == "hibernated":
             raise CommandRefusedError(f"vm {vm.entity_id} is hibernated; resume it before removing it")
+        ctx.inventory.prefetch(EntityRef(EntityType.DISK, d) for d in vm.disk_ids)
         disks = [require(ctx.inventory, EntityRef(EntityType.DISK, d), Disk) for d in vm.disk_ids]
         entities = uses(
             (EntityType.VM, vm.entity_id, W),
