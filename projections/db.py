@@ -51,6 +51,10 @@ class _PgCursor:
     def fetchone(self) -> Any:
         return self._cursor.fetchone()
 
+    def copy(self, statement: str) -> Any:
+        """COPY ... FROM STDIN (bulk insert)."""
+        return self._cursor.copy(statement)  # type: ignore[arg-type]
+
 
 class ViewDatabase:
     """Connections to the store's database for projections and inspection."""

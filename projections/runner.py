@@ -21,7 +21,7 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
 from orchestrator.domain.commands import RootCommand
 from projections.db import Cursor, ViewDatabase
-from projections.views import PROJECTIONS, Projection, RawEvent, StatementBatch
+from projections.views import LIFECYCLE_RANK, PROJECTIONS, Projection, RawEvent, StatementBatch
 
 TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
@@ -130,6 +130,7 @@ class ProjectionRunner:
             if not n.topic.startswith(RELEVANT_PREFIX):
                 continue
             event = self._raw(n)
+            out.rank = LIFECYCLE_RANK.get(event.kind, 0)
             for projection, position in targets:
                 if n.id > position:
                     projection.apply(event, out, suffix)
@@ -147,7 +148,7 @@ class ProjectionRunner:
                 notifications = self._select(low, batch_size)
                 if not notifications:
                     return total
-                self._batch_for(notifications, targets, "").run(cur)
+                self._batch_for(notifications, targets, "").run(cur, self.db.dialect)
                 last = notifications[-1].id
                 for p, pos in targets:
                     if last > pos:
@@ -182,7 +183,7 @@ class ProjectionRunner:
             if not notifications:
                 break
             with self.db.write(lock_name=f"rebuild:{projection.name}") as cur:
-                self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur)
+                self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur, self.db.dialect)
             position = notifications[-1].id
             if progress:
                 progress(position, max(head, position))
@@ -195,7 +196,7 @@ class ProjectionRunner:
             notifications = self._select(position, BATCH_SIZE, stop)
             if not notifications:
                 return position
-            self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur)
+            self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur, self.db.dialect)
             position = notifications[-1].id
 
     def rebuild(
@@ -248,6 +249,6 @@ class ProjectionRunner:
             notifications = self._select(position, BATCH_SIZE, stop)
             if not notifications:
                 break
-            self._batch_for(notifications, [(projection, position)], "").run(cur)
+            self._batch_for(notifications, [(projection, position)], "").run(cur, self.db.dialect)
             position = notifications[-1].id
         cur.execute(f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection = ?", (stop, projection.name))

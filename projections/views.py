@@ -6,8 +6,8 @@
   engine's `async_tasks`); empty when the engine is idle.
 - `commands`: one row per command, root and child, with the entities it declared.
 
-Each projection turns events into SQL statements. Statements of one batch are
-run in order, consecutive identical statements as one `executemany`.
+Each projection turns events into SQL statements. The statements of one batch
+run grouped by lifecycle rank and statement, each group as one `executemany`.
 """
 
 from __future__ import annotations
@@ -20,31 +20,115 @@ from typing import Any
 from orchestrator.domain.model import LockMode
 from projections.db import Cursor
 
-Statement = tuple[str, tuple[Any, ...]]
 # Root commands still in flight: not ended, or ended with tasks still to clear. Queries use this
 # exact predicate so the partial index serves them whatever the size of the history.
 IN_FLIGHT_ROOTS = "parent_id IS NULL AND (status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
 
 
+# Where each kind of event sits in a command's life. Every event of a command comes no
+# earlier in this order than the events before it, except where the statements commute
+# (e.g. a recovery that records vanished tasks then decides failure touches other rows, or
+# only increments), so a batch may run all its statements rank by rank.
+LIFECYCLE_RANK = {
+    "Accepted": 0,
+    "TasksSubmitted": 1,
+    "OrphansAdopted": 1,
+    "TasksRefused": 1,
+    "FailureDecided": 2,
+    "TasksEnded": 3,
+    "EndActionStarted": 4,
+    "Ended": 5,
+    "TasksCleared": 6,
+}
+
+
+GroupKey = tuple[int, str, str, tuple[str, ...]]  # rank, operation, table or SQL, columns
+
+
 @dataclass
 class StatementBatch:
-    statements: list[Statement] = field(default_factory=list)
+    """The writes of a batch of events, grouped to be sent as few statements as possible.
+
+    Writes are grouped by (lifecycle rank, operation); groups run rank by rank, in order
+    of first use within a rank. Structured operations (insert, update by key, delete by
+    key) become one `executemany` on SQLite, and one set statement (COPY, UPDATE ... FROM
+    unnest, DELETE ... = ANY) on PostgreSQL, whose per-row executions cost more than the
+    work they do.
+    """
+
+    groups: dict[GroupKey, list[tuple[Any, ...]]] = field(default_factory=dict)
+    rank: int = 0
 
     def add(self, sql: str, *params: Any) -> None:
-        self.statements.append((sql, params))
+        """Any statement (run with `executemany` on both stores)."""
+        self.groups.setdefault((self.rank, "sql", sql, ()), []).append(params)
 
-    def run(self, cursor: Cursor) -> None:
-        i = 0
-        while i < len(self.statements):
-            sql = self.statements[i][0]
-            j = i
-            while j < len(self.statements) and self.statements[j][0] == sql:
-                j += 1
-            if j - i == 1:
-                cursor.execute(sql, self.statements[i][1])
+    def insert(self, table: str, *row: Any) -> None:
+        self.groups.setdefault((self.rank, "insert", table, ()), []).append(row)
+
+    def delete(self, table: str, column: str, key: Any) -> None:
+        self.groups.setdefault((self.rank, "delete", table, (column,)), []).append((key,))
+
+    def update(self, table: str, key_column: str, key: Any, **values: str | None) -> None:
+        """Set text columns of the rows whose `key_column` equals `key`."""
+        columns = (key_column, *values)
+        self.groups.setdefault((self.rank, "update", table, columns), []).append((key, *values.values()))
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.groups.values())
+
+    def run(self, cursor: Cursor, dialect: str = "sqlite") -> None:
+        ordered = sorted(enumerate(self.groups), key=lambda item: (item[1][0], item[0]))
+        for _, key in ordered:
+            _, operation, target, columns = key
+            rows = self.groups[key]
+            if operation == "sql":
+                _execute(cursor, target, rows)
+            elif dialect == "postgresql":
+                _run_postgres(cursor, operation, target, columns, rows)
             else:
-                cursor.executemany(sql, [p for _, p in self.statements[i:j]])
-            i = j
+                _run_sqlite(cursor, operation, target, columns, rows)
+
+
+def _execute(cursor: Cursor, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) == 1:
+        cursor.execute(sql, rows[0])
+    else:
+        cursor.executemany(sql, rows)
+
+
+def _run_sqlite(
+    cursor: Cursor, operation: str, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    if operation == "insert":
+        _execute(cursor, f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    elif operation == "delete":
+        _execute(cursor, f"DELETE FROM {table} WHERE {columns[0]} = ?", rows)
+    else:
+        key, *assigned = columns
+        sets = ", ".join(f"{c} = ?" for c in assigned)
+        _execute(cursor, f"UPDATE {table} SET {sets} WHERE {key} = ?", [(*r[1:], r[0]) for r in rows])
+
+
+def _run_postgres(
+    cursor: Any, operation: str, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    if operation == "insert":
+        with cursor.copy(f"COPY {table} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    elif operation == "delete":
+        cursor.execute(f"DELETE FROM {table} WHERE {columns[0]} = ANY(?)", ([r[0] for r in rows],))
+    else:
+        latest = {r[0]: r for r in rows}  # a row updated twice in one group keeps its last values
+        key, *assigned = columns
+        arrays = [[r[i] for r in latest.values()] for i in range(len(columns))]
+        unnest = ", ".join("?::text[]" for _ in columns)
+        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        sets = ", ".join(f"{c} = v.c{i + 1}" for i, c in enumerate(assigned))
+        cursor.execute(
+            f"UPDATE {table} AS t SET {sets} FROM unnest({unnest}) AS v({names}) WHERE t.{key} = v.c0", arrays
+        )
 
 
 class Projection(ABC):
@@ -125,27 +209,18 @@ class EntityTasksProjection(Projection):
             for child in event.children:
                 for task in child["tasks"]:
                     for etype, eid, mode in task["entities"]:
-                        out.add(
-                            f"INSERT INTO {t} VALUES (?, ?, ?, ?, ?, 'planned', ?, NULL)",
-                            etype,
-                            eid,
-                            task["task_id"],
-                            child["child_id"],
-                            root,
-                            int(mode == LockMode.READ),
-                        )
+                        read_only = int(mode == LockMode.READ)
+                        out.insert(t, etype, eid, task["task_id"], child["child_id"], root, "planned", read_only, None)
         elif event.kind in ("TasksSubmitted", "OrphansAdopted"):
             pairs = event.submitted if event.kind == "TasksSubmitted" else event.orphans
             for task_id, agent_task_id in pairs:
-                out.add(
-                    f"UPDATE {t} SET status = 'running', agent_task_id = ? WHERE task_id = ?", agent_task_id, task_id
-                )
+                out.update(t, "task_id", task_id, status="running", agent_task_id=agent_task_id)
         elif event.kind == "TasksEnded":
             for item in event.ended:
-                out.add(f"UPDATE {t} SET status = ? WHERE task_id = ?", item["status"], item["task_id"])
+                out.update(t, "task_id", item["task_id"], status=item["status"])
         else:
             for task_id in _tasks_leaving(event):
-                out.add(f"DELETE FROM {t} WHERE task_id = ?", task_id)
+                out.delete(t, "task_id", task_id)
 
 
 class ActiveTasksProjection(Projection):
@@ -175,28 +250,18 @@ class ActiveTasksProjection(Projection):
             root = str(event.originator_id)
             for child in event.children:
                 for task in child["tasks"]:
-                    out.add(
-                        f"INSERT INTO {t} VALUES (?, NULL, ?, ?, ?, 'planned', NULL)",
-                        task["task_id"],
-                        child["child_id"],
-                        root,
-                        task["verb"],
-                    )
+                    out.insert(t, task["task_id"], None, child["child_id"], root, task["verb"], "planned", None)
         elif event.kind in ("TasksSubmitted", "OrphansAdopted"):
             pairs = event.submitted if event.kind == "TasksSubmitted" else event.orphans
+            started = _iso(event.timestamp)
             for task_id, agent_task_id in pairs:
-                out.add(
-                    f"UPDATE {t} SET status = 'running', agent_task_id = ?, started_at = ? WHERE task_id = ?",
-                    agent_task_id,
-                    _iso(event.timestamp),
-                    task_id,
-                )
+                out.update(t, "task_id", task_id, status="running", agent_task_id=agent_task_id, started_at=started)
         elif event.kind == "TasksEnded":
             for item in event.ended:
-                out.add(f"UPDATE {t} SET status = ? WHERE task_id = ?", item["status"], item["task_id"])
+                out.update(t, "task_id", item["task_id"], status=item["status"])
         else:
             for task_id in _tasks_leaving(event):
-                out.add(f"DELETE FROM {t} WHERE task_id = ?", task_id)
+                out.delete(t, "task_id", task_id)
 
 
 class CommandsProjection(Projection):
@@ -234,36 +299,22 @@ class CommandsProjection(Projection):
         if event.kind == "Accepted":
             created = _iso(event.timestamp)
             n_tasks = sum(len(ch["tasks"]) for ch in event.children)
-            out.add(
-                f"INSERT INTO {c} VALUES (?, ?, NULL, ?, 'accepted', ?, ?, NULL, NULL, '', 0, ?, ?)",
-                root,
-                root,
-                event.flow,
-                event.summary,
-                created,
-                n_tasks,
-                n_tasks,
+            out.insert(
+                c, root, root, None, event.flow, "accepted", event.summary, created, None, None, "", 0, n_tasks, n_tasks
             )
             for etype, eid, mode in event.entities:
-                out.add(f"INSERT INTO {ce} VALUES (?, ?, ?, ?)", etype, eid, root, mode)
+                out.insert(ce, etype, eid, root, mode)
             for child in event.children:
                 if child["child_id"] == root:
                     continue
-                out.add(
-                    f"INSERT INTO {c} VALUES (?, ?, ?, ?, 'accepted', '', ?, NULL, NULL, '', 0, ?, 0)",
-                    child["child_id"],
-                    root,
-                    root,
-                    child["command_type"],
-                    created,
-                    len(child["tasks"]),
-                )
+                child_row = (child["command_type"], "accepted", "", created, None, None, "", 0, len(child["tasks"]), 0)
+                out.insert(c, child["child_id"], root, root, *child_row)
                 seen: dict[tuple[str, str], str] = {}
                 for task in child["tasks"]:
                     for etype, eid, mode in task["entities"]:
                         seen.setdefault((etype, eid), mode)
                 for (etype, eid), mode in seen.items():
-                    out.add(f"INSERT INTO {ce} VALUES (?, ?, ?, ?)", etype, eid, child["child_id"], mode)
+                    out.insert(ce, etype, eid, child["child_id"], mode)
         if event.kind in ("TasksSubmitted", "OrphansAdopted", "TasksRefused", "FailureDecided"):
             # the first answer from the agent (or a decision) moves an accepted command on
             out.add(f"UPDATE {c} SET status = 'running' WHERE root_command_id = ? AND status = 'accepted'", root)
@@ -279,7 +330,7 @@ class CommandsProjection(Projection):
             n = len(event.refused) if event.kind == "TasksRefused" else len(event.task_ids)
             out.add(f"UPDATE {c} SET uncleared_tasks = uncleared_tasks - ? WHERE command_id = ?", n, root)
         elif event.kind == "EndActionStarted":
-            out.add(f"UPDATE {c} SET status = 'ending' WHERE command_id = ?", root)
+            out.update(c, "command_id", root, status="ending")
         elif event.kind == "Ended":
             ended = _iso(event.timestamp)
             out.add(
@@ -293,13 +344,7 @@ class CommandsProjection(Projection):
             )
             for child_id, outcome in event.children.items():
                 if child_id != root:
-                    out.add(
-                        f"UPDATE {c} SET status = ?, ended_at = ?, outcome = ? WHERE command_id = ?",
-                        outcome,
-                        ended,
-                        outcome,
-                        child_id,
-                    )
+                    out.update(c, "command_id", child_id, status=outcome, ended_at=ended, outcome=outcome)
 
 
 def _tasks_leaving(event: RawEvent) -> Iterable[str]:
