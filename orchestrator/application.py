@@ -304,55 +304,87 @@ class Orchestrator:
             self.app.take_snapshot(ident, version=version)
 
     def load_aggregates(self, ids: list[UUID]) -> dict[UUID, Any]:
-        """Aggregates by id: cached ones fast-forwarded with one query, others replayed."""
+        """Aggregates by id, in two queries whatever their number.
+
+        Cached aggregates are brought up to date, the others start from their latest
+        snapshot (one query for all of them); then one query fetches every event after
+        those versions. Newly loaded aggregates go into the cache.
+        """
         cache: Any = self.app.repository.cache
-        cached: dict[UUID, Any] = {}
-        out: dict[UUID, Any] = {}
+        found: dict[UUID, Any] = {}
+        missing: list[UUID] = []
         for ident in ids:
             try:
-                cached[ident] = cache.get(ident)
-            except (KeyError, AttributeError):
-                try:
-                    out[ident] = self.app.repository.get(ident)
-                except AggregateNotFoundError:
-                    continue
-        for stored in self._select_events_after([(i, a.version) for i, a in cached.items()]):
-            aggregate = cached[UUID(str(stored.originator_id))]
-            if stored.originator_version == aggregate.version + 1:
+                found[ident] = cache.get(ident)
+            except KeyError:
+                missing.append(ident)
+        for snapshot in self._latest_snapshots(missing):
+            found[UUID(str(snapshot.originator_id))] = self.app.mapper.to_domain_event(snapshot).mutate(None)  # type: ignore[attr-defined]
+        for stored in self._select_events_after([(i, found[i].version if i in found else 0) for i in ids]):
+            ident = UUID(str(stored.originator_id))
+            aggregate = found.get(ident)
+            if aggregate is None and stored.originator_version == 1:
+                found[ident] = self.app.mapper.to_domain_event(stored).mutate(None)  # type: ignore[attr-defined]
+            elif aggregate is not None and stored.originator_version == aggregate.version + 1:
                 self.app.mapper.to_domain_event(stored).mutate(aggregate)  # type: ignore[attr-defined]
-        out.update(cached)
-        return out
+        for ident in missing:
+            if ident in found:
+                cache.put(ident, found[ident])
+        return found
+
+    def _latest_snapshots(self, ids: list[UUID]) -> list[StoredEvent]:
+        if not ids or self.app.snapshots is None:
+            return []
+        recorder: Any = self.app.snapshots.recorder
+        table = self._qualified(recorder.events_table_name)
+        newest = f"SELECT MAX(originator_version) FROM {table} x WHERE x.originator_id = s.originator_id"
+        latest = f"originator_version = ({newest})"
+        if self.config.kind == "sqlite":
+            marks = ",".join("?" * len(ids))
+            return self._stored(
+                recorder, f"SELECT * FROM {table} s WHERE originator_id IN ({marks}) AND {latest}", [i.hex for i in ids]
+            )
+        return self._stored(recorder, f"SELECT * FROM {table} s WHERE originator_id = ANY(%s) AND {latest}", [ids])
+
+    def _qualified(self, table: str) -> str:
+        return table if self.config.kind == "sqlite" else f'"{self.config.schema_name}"."{table}"'
+
+    def _stored(self, recorder: Any, sql: str, params: list[Any]) -> list[StoredEvent]:
+        """Run a SELECT of stored-event rows with the recorder's own connections."""
+        if self.config.kind == "sqlite":
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(sql, params)
+                return [
+                    StoredEvent(UUID(r["originator_id"]), r["originator_version"], r["topic"], r["state"])
+                    for r in cursor.fetchall()
+                ]
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return [
+                StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
+                for r in cursor.fetchall()
+            ]
 
     def _select_events_after(self, versions: list[tuple[UUID, int]], chunk: int = 400) -> list[StoredEvent]:
+        """Every event of these aggregates after the given versions, in order."""
         recorder: Any = self.app.recorder
-        table = recorder.events_table_name
+        table = self._qualified(recorder.events_table_name)
+        columns = "e.originator_id, e.originator_version, e.topic, e.state"
         out: list[StoredEvent] = []
         for start in range(0, len(versions), chunk):
             part = versions[start : start + chunk]
             if self.config.kind == "sqlite":
                 values = ",".join("(?, ?)" for _ in part)
-                sql = (
-                    f"SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {table} e"
-                    f" JOIN (VALUES {values}) v ON e.originator_id = v.column1 AND e.originator_version > v.column2"
-                    " ORDER BY e.originator_id, e.originator_version"
+                join = f"JOIN (VALUES {values}) v ON e.originator_id = v.column1 AND e.originator_version > v.column2"
+                params: list[Any] = [x for i, v in part for x in (i.hex, v)]
+            else:
+                values = ",".join("(%s::uuid, %s::bigint)" for _ in part)
+                join = (
+                    f"JOIN (VALUES {values}) AS v(id, ver) ON e.originator_id = v.id AND e.originator_version > v.ver"
                 )
-                with recorder.datastore.transaction(commit=False) as cursor:
-                    cursor.execute(sql, [x for i, v in part for x in (i.hex, v)])
-                    out += [StoredEvent(UUID(r[0]), r[1], r[2], r[3]) for r in cursor.fetchall()]
-                continue
-            values = ",".join("(%s::uuid, %s::bigint)" for _ in part)
-            qualified = f'"{self.config.schema_name}"."{table}"'
-            sql = (
-                f"SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {qualified} e"
-                f" JOIN (VALUES {values}) AS v(id, ver) ON e.originator_id = v.id AND e.originator_version > v.ver"
-                " ORDER BY e.originator_id, e.originator_version"
-            )
-            with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
-                cursor.execute(sql, [x for i, v in part for x in (i, v)])
-                out += [
-                    StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
-                    for r in cursor.fetchall()
-                ]
+                params = [x for i, v in part for x in (i, v)]
+            order = "ORDER BY e.originator_id, e.originator_version"
+            out += self._stored(recorder, f"SELECT {columns} FROM {table} e {join} {order}", params)
         return out
 
     def load_commands(self, ids: Sequence[UUID], chunk: int = 500) -> list[RootCommand]:
@@ -372,23 +404,7 @@ class Orchestrator:
         return out
 
     def _select_events_of(self, ids: list[UUID]) -> list[StoredEvent]:
-        recorder: Any = self.app.recorder
-        table = recorder.events_table_name
-        columns = "originator_id, originator_version, topic, state"
-        order = "ORDER BY originator_id, originator_version"
-        if self.config.kind == "sqlite":
-            marks = ",".join("?" * len(ids))
-            sql = f"SELECT {columns} FROM {table} WHERE originator_id IN ({marks}) {order}"
-            with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(sql, [i.hex for i in ids])
-                rows = cursor.fetchall()
-            return [StoredEvent(UUID(r[0]), r[1], r[2], r[3]) for r in rows]
-        qualified = f'"{self.config.schema_name}"."{table}"'
-        sql = f"SELECT {columns} FROM {qualified} WHERE originator_id = ANY(%s) {order}"
-        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(sql, (ids,))
-            rows = cursor.fetchall()
-        return [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"])) for r in rows]
+        return self._select_events_after([(i, 0) for i in ids])
 
     def request_cancel(self, command_id: UUID | str, reason: str = "cancelled by user") -> RootCommand:
         for _ in range(ACCEPT_ATTEMPTS):
