@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from uuid import UUID, uuid5
 
 from orchestrator.errors import InputError
@@ -69,7 +70,13 @@ class EntityUse:
 
     @classmethod
     def from_record(cls, record: list[str]) -> EntityUse:
-        return cls(EntityRef(EntityType(record[0]), record[1]), LockMode(record[2]))
+        return _entity_use(record[0], record[1], record[2])
+
+
+@lru_cache(maxsize=1 << 16)
+def _entity_use(entity_type: str, entity_id: str, mode: str) -> EntityUse:
+    """Entity uses are immutable and repeat a lot (a storage domain in every task): share them."""
+    return EntityUse(EntityRef(EntityType(entity_type), entity_id), LockMode(mode))
 
 
 class TaskStatus(StrEnum):
