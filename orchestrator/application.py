@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.persistence import IntegrityError, Mapper, MapperDeserialisationError, PersistenceError, StoredEvent
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
@@ -38,10 +38,11 @@ from orchestrator.errors import (
     EntityLockedError,
     NotFoundError,
     StoreError,
+    damaged_event,
 )
 from orchestrator.flows import get_flow
 from orchestrator.flows.base import PlanContext
-from orchestrator.store import StoreConfig, parse_store_url, prepare_store, store_url_from_env
+from orchestrator.store import StoreConfig, parse_store_url, store_layout, store_url_from_env
 from projections.db import ViewDatabase
 from projections.queries import ViewQueries
 from projections.runner import ProjectionRunner
@@ -52,12 +53,28 @@ CACHE_SIZE = 20_000
 SEED_DOMAINS = ("sd-1", "sd-2")
 
 
+class CheckedMapper(Mapper[UUID]):
+    """Turns an unreadable stored event into one clear error (the history is never guessed at)."""
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        try:
+            return super().to_domain_event(stored_event)
+        except MapperDeserialisationError as exc:
+            detail = str(exc.__cause__ or exc).splitlines()[0][:120]
+            raise damaged_event(
+                stored_event.originator_id, stored_event.originator_version, stored_event.topic, detail
+            ) from None
+
+
 class OrchestratorApp(Application[UUID]):
     """The event-sourced application: one event store, one notification log."""
 
     name = "Orchestrator"
     # Entities live long and every command locks some: snapshots keep them quick to load.
     snapshotting_intervals = {cls: 100 for cls in ENTITY_CLASSES.values()}
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=CheckedMapper)
 
 
 def registered_topics() -> list[str]:
@@ -138,7 +155,11 @@ class Orchestrator:
     @classmethod
     def open(cls, store: str | None = None, *, agent_state: Path | None = None, create: bool = True) -> Orchestrator:
         config = parse_store_url(store_url_from_env(store))
-        prepare_store(config, create=create)
+        with store_layout(config, create=create) as ready:
+            return cls._open(config, agent_state, create_tables=not ready)
+
+    @classmethod
+    def _open(cls, config: StoreConfig, agent_state: Path | None, *, create_tables: bool) -> Orchestrator:
         env = {
             **config.eventsourcing_env(),
             # Cached aggregates are fast-forwarded with new events on every get, and handed
@@ -146,6 +167,7 @@ class Orchestrator:
             "AGGREGATE_CACHE_MAXSIZE": str(CACHE_SIZE),
             "AGGREGATE_CACHE_FASTFORWARD": "y",
             "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+            "CREATE_TABLE": "y" if create_tables else "n",
         }
         try:
             app = OrchestratorApp(env=env)
@@ -153,7 +175,8 @@ class Orchestrator:
             raise StoreError(f"cannot open {config.redacted}: {config.scrub(str(exc))}") from None
         views = ViewDatabase(config)
         runner = ProjectionRunner(views, app.recorder, app.mapper)
-        runner.ensure_tables()
+        if create_tables:
+            runner.ensure_tables()
         state = agent_state or default_agent_state_path(config.path)
         return cls(config, app, views, runner, ViewQueries(views), state)
 

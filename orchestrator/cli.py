@@ -217,11 +217,14 @@ def run(
             log.info("recovered %d command(s) in %.2fs", len(report.decisions), time.monotonic() - started)
             engine.run(stop, until_idle=until_idle)
             if timed_out.is_set():
-                trouble = f"; agent: {engine.agent_trouble}" if engine.agent_trouble else ""
-                error_class = AgentUnavailableError if engine.agent_trouble else EngineTimeoutError
-                raise error_class(
-                    f"gave up after {timeout:g}s with {len(engine.inflight)} command(s) in flight{trouble}; "
-                    "nothing was decided without the agent; run again when it is back"
+                if engine.agent_trouble:
+                    raise AgentUnavailableError(
+                        f"gave up after {timeout:g}s with {len(engine.inflight)} command(s) in flight; agent: "
+                        f"{engine.agent_trouble}; nothing was decided without the agent; run again when it is back"
+                    )
+                raise EngineTimeoutError(
+                    f"gave up after {timeout:g}s with {len(engine.inflight)} command(s) still in flight; "
+                    "they go on when the engine runs again"
                 )
         finally:
             agent.close()
@@ -636,6 +639,9 @@ def inspect(
 ) -> None:
     """Read-only crash replay: commands in flight and what recovery would decide."""
     from orchestrator.inspection import run_inspection
+
+    if at_version is not None and command is None:
+        raise InputError("--at-version needs --command ID: it shows one command as it was after event N")
 
     code = run_inspection(
         G.store,

@@ -69,3 +69,11 @@ class EngineBusyError(OrchestratorError):
     """Another engine process holds the engine lease on this store."""
 
     exit_code = 8
+
+
+def damaged_event(originator_id: object, version: object, topic: str, detail: str) -> StoreError:
+    """An event in the store cannot be read: stop, say where, change nothing."""
+    return StoreError(
+        f"the store holds an event that cannot be read (aggregate {originator_id}, event {version}, "
+        f"{topic.rsplit(':', 1)[-1]}: {detail}); nothing was changed; restore the store from a backup"
+    )

@@ -34,7 +34,7 @@ from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.recovery import AgentView, Decision, Verdict, decide
 from orchestrator.errors import AgentError, NotFoundError, OrchestratorError, StoreError
 from orchestrator.render import command_detail, styled
-from orchestrator.store import StoreConfig, parse_store_url, prepare_store, store_url_from_env
+from orchestrator.store import StoreConfig, parse_store_url, prepare_store, sqlite_uri, store_url_from_env
 from orchestrator.views import CommandView, TaskView
 
 EXIT_CLEAN = 0
@@ -94,7 +94,8 @@ class ReadOnlyStore:
         prepare_store(self.config, create=False)
         env = {**self.config.eventsourcing_env(), "CREATE_TABLE": "n"}
         if self.config.kind == "sqlite":
-            env["SQLITE_DBNAME"] = f"file:{self.config.path}?mode=ro"
+            assert self.config.path is not None
+            env["SQLITE_DBNAME"] = f"{sqlite_uri(self.config.path)}?mode=ro"
         try:
             self.app = OrchestratorApp(env=env)
         except PersistenceError as exc:

@@ -16,10 +16,11 @@ import contextlib
 import os
 import re
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -29,6 +30,7 @@ from orchestrator.errors import StoreError
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 STORE_ENV_VAR = "ORCHESTRATOR_STORE"
 SCHEMA_VERSION = 1
+LAYOUT_VERSION = "1"  # bump when a table is added: the next open creates what is missing
 META_TABLE = "orchestrator_meta"
 # Tables of ours that may already exist in a store (so not "foreign").
 OWN_TABLE_PREFIXES = ("orchestrator_", "stored_", "tracking", "proj_", "notification_tracking")
@@ -96,6 +98,11 @@ class StoreConfig(BaseModel):
         }
 
 
+def sqlite_uri(path: Path) -> str:
+    """A `file:` URI for a path, escaped (a '#' or '?' in a path is not a URI delimiter)."""
+    return "file:" + quote(str(path))
+
+
 def store_url_from_env(explicit: str | None) -> str:
     return explicit or os.environ.get(STORE_ENV_VAR) or DEFAULT_STORE_URL
 
@@ -110,7 +117,10 @@ def parse_store_url(url: str) -> StoreConfig:
         path = Path(rest[1:])  # sqlite:///rel/path -> rel/path; sqlite:////abs -> /abs
         return StoreConfig(kind="sqlite", path=path)
     if url.startswith(("postgresql://", "postgres://")):
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise StoreError(f"PostgreSQL store URL is malformed ({exc}); {hint}") from None
         dbname = unquote(parts.path.lstrip("/"))
         if not dbname:
             raise StoreError(f"PostgreSQL store URL has no database name; {hint}")
@@ -131,8 +141,9 @@ def parse_store_url(url: str) -> StoreConfig:
             dbname=dbname,
             schema_name=schema,
         )
-    shown = url.rsplit("@", maxsplit=1)[-1] if "@" in url else url
-    raise StoreError(f"store URL {shown!r} is not supported; {hint}")
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    what = f"scheme {scheme[:20]!r}" if scheme else "form"
+    raise StoreError(f"this store URL's {what} is not supported; {hint}")
 
 
 def create_private_file(path: Path) -> None:
@@ -146,15 +157,63 @@ def create_private_file(path: Path) -> None:
 # --- the door: check a store before eventsourcing opens it -------------------------------
 
 
-def prepare_store(config: StoreConfig, *, create: bool) -> None:
-    """Check that the store is ours (or new, if create) and of a schema we can read."""
+def prepare_store(config: StoreConfig, *, create: bool) -> bool:
+    """Check that the store is ours (or new, if create) and of a schema we can read.
+
+    Returns whether every table of this layout is already in place."""
     if config.kind == "sqlite":
-        _prepare_sqlite(config, create=create)
+        meta = _prepare_sqlite(config, create=create)
     else:
-        _prepare_postgres(config, create=create)
+        meta = _prepare_postgres(config, create=create)
+    return meta.get("layout") == LAYOUT_VERSION
 
 
-def _prepare_sqlite(config: StoreConfig, *, create: bool) -> None:
+@contextlib.contextmanager
+def store_layout(config: StoreConfig, *, create: bool) -> Iterator[bool]:
+    """Check the store, and yield whether its tables are in place.
+
+    When they are not, the block runs under a setup lock (PostgreSQL: an advisory
+    lock; its DDL is not safe to run from several processes at once) and the
+    layout is marked ready afterwards, so later opens run no DDL at all.
+    """
+    if prepare_store(config, create=create):
+        yield True
+        return
+    if config.kind == "sqlite":  # SQLite serialises DDL itself
+        yield False
+        _write_meta(config, "layout", LAYOUT_VERSION)
+        return
+    with pg_connect(config) as conn:
+        key = zlib.crc32(f"orchestrator-setup:{config.schema_name}".encode())
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            ready = prepare_store(config, create=create)
+            yield ready
+            if not ready:
+                _write_meta(config, "layout", LAYOUT_VERSION)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _write_meta(config: StoreConfig, key: str, value: str) -> None:
+    if config.kind == "sqlite":
+        assert config.path is not None
+        with contextlib.closing(sqlite3.connect(config.path, timeout=30)) as lite, lite:
+            lite.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?)", (key, value))
+        return
+    with pg_connect(config) as conn:
+        meta = psycopg.sql.SQL("{}.{}").format(
+            psycopg.sql.Identifier(config.schema_name), psycopg.sql.Identifier(META_TABLE)
+        )
+        conn.execute(
+            psycopg.sql.SQL(
+                "INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ).format(meta),
+            (key, value),
+        )
+
+
+def _prepare_sqlite(config: StoreConfig, *, create: bool) -> dict[str, str]:
     assert config.path is not None
     path = config.path
     if not path.exists():
@@ -167,10 +226,10 @@ def _prepare_sqlite(config: StoreConfig, *, create: bool) -> None:
             raise StoreError(f"cannot create store {config.redacted}: directory {path.parent} does not exist")
         create_private_file(path)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode={'rwc' if create else 'ro'}", uri=True)
+        conn = sqlite3.connect(f"{sqlite_uri(path)}?mode={'rwc' if create else 'ro'}", uri=True)
         try:
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            _check_tables(config, tables, create=create, read_meta=lambda: _sqlite_meta(conn))
+            meta = _check_tables(config, tables, create=create, read_meta=lambda: _sqlite_meta(conn))
             if create:
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT)")
                 conn.execute(
@@ -178,6 +237,7 @@ def _prepare_sqlite(config: StoreConfig, *, create: bool) -> None:
                     (str(SCHEMA_VERSION),),
                 )
                 conn.commit()
+            return meta
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
@@ -208,7 +268,7 @@ def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[object,
         conn.close()
 
 
-def _prepare_postgres(config: StoreConfig, *, create: bool) -> None:
+def _prepare_postgres(config: StoreConfig, *, create: bool) -> dict[str, str]:
     with pg_connect(config) as conn:
         schema = config.schema_name
         exists = conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)).fetchone()
@@ -228,7 +288,7 @@ def _prepare_postgres(config: StoreConfig, *, create: bool) -> None:
             rows = conn.execute(psycopg.sql.SQL("SELECT key, value FROM {}").format(meta)).fetchall()
             return {str(k): str(v) for k, v in rows}
 
-        _check_tables(config, tables, create=create, read_meta=read_meta)
+        found = _check_tables(config, tables, create=create, read_meta=read_meta)
         if create:
             conn.execute(
                 psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {} (key TEXT PRIMARY KEY, value TEXT)").format(meta)
@@ -237,6 +297,7 @@ def _prepare_postgres(config: StoreConfig, *, create: bool) -> None:
                 psycopg.sql.SQL("INSERT INTO {} VALUES ('schema_version', %s) ON CONFLICT DO NOTHING").format(meta),
                 (str(SCHEMA_VERSION),),
             )
+        return found
 
 
 def _check_tables(
@@ -245,7 +306,8 @@ def _check_tables(
     *,
     create: bool,
     read_meta: object,
-) -> None:
+) -> dict[str, str]:
+    """The store's metadata, after checking the store is ours and readable by us."""
     if META_TABLE in tables:
         assert callable(read_meta)
         meta: dict[str, str] = read_meta()
@@ -255,7 +317,7 @@ def _check_tables(
                 f"{config.redacted} was written by a newer orchestrator (store schema {version}, "
                 f"this one reads {SCHEMA_VERSION}); upgrade orchestrator"
             )
-        return
+        return meta
     foreign = [t for t in tables if not t.startswith(OWN_TABLE_PREFIXES)]
     if tables:
         shown = ", ".join(sorted(foreign or tables)[:5])
@@ -265,3 +327,4 @@ def _check_tables(
         )
     if not create:
         raise StoreError(f"{config.redacted} is empty: no orchestrator store has been created there yet")
+    return {}

@@ -19,7 +19,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from orchestrator.errors import StoreError
-from orchestrator.store import StoreConfig
+from orchestrator.store import StoreConfig, sqlite_uri
 
 
 class Cursor(Protocol):
@@ -85,7 +85,7 @@ class ViewDatabase:
             mode = "ro" if self.read_only else "rw"
             try:
                 conn = sqlite3.connect(
-                    f"file:{self.config.path}?mode={mode}",
+                    f"{sqlite_uri(self.config.path)}?mode={mode}",
                     uri=True,
                     timeout=30,
                     isolation_level=None,

@@ -37,7 +37,7 @@ def rebuild_or_verify(
     with _progress(quiet) as progress:
         for projection in projections:
             verb = "verifying" if verify else "rebuilding"
-            task = progress.add_task(f"{verb} {projection.name}", total=None, rate=0.0)
+            task = progress.add_task(f"{verb} {projection.name}", total=orch.projections.head(), rate=0.0)
 
             def report(position: int, head: int, task: TaskID = task) -> None:
                 elapsed = max(progress.tasks[task].elapsed or 0.0, 1e-6)

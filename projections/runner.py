@@ -20,6 +20,7 @@ from typing import Any
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
 from orchestrator.domain.commands import RootCommand
+from orchestrator.errors import damaged_event
 from projections.db import Cursor, ViewDatabase
 from projections.views import LIFECYCLE_RANK, PROJECTIONS, Projection, RawEvent, StatementBatch
 
@@ -85,7 +86,11 @@ class ProjectionRunner:
             state = self.mapper.cipher.decrypt(state)
         if self.mapper.compressor:
             state = self.mapper.compressor.decompress(state)
-        return RawEvent(n.topic[len(RELEVANT_PREFIX) :], str(n.originator_id), json.loads(state))
+        try:
+            data = json.loads(state)
+        except ValueError as exc:
+            raise damaged_event(n.originator_id, n.originator_version, n.topic, str(exc)) from None
+        return RawEvent(n.topic[len(RELEVANT_PREFIX) :], str(n.originator_id), data)
 
     # ---- set-up ---------------------------------------------------------------------------
 

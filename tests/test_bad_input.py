@@ -209,14 +209,6 @@ def test_duplicate_command_ids_are_idempotent_with_the_same_parameters_and_refus
     assert "is not a UUID" in one_error_line(not_a_uuid, InputError.exit_code)
 
 
-@pytest.mark.xfail(
-    reason="BUG: reusing the template id of a CreateTemplate that failed (its template removed) is refused with "
-    "'the entities of this command kept changing under it; try again', which is false and never gets better: "
-    "CreateTemplate.plan (orchestrator/flows/create_template.py) accepts a removed template's id and registers a new "
-    "Template aggregate whose id already exists, so every save in Orchestrator.submit fails with IntegrityError, "
-    "which submit takes for a concurrent change and retries 20 times",
-    strict=True,
-)
 def test_reusing_the_id_of_a_failed_template_gets_a_clear_answer(
     store_url: str, orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
 ) -> None:
@@ -286,11 +278,6 @@ def test_a_wrong_or_unreachable_store_url_is_one_line_exit_3(url: str, says: str
     assert says in one_error_line(env_only, StoreError.exit_code)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a malformed PostgreSQL URL (unbalanced '[' in the host) crashes every command with a ValueError "
-    "traceback: orchestrator/store.py parse_store_url() calls urlsplit() without catching its ValueError",
-    strict=True,
-)
 def test_a_malformed_postgres_url_is_one_line_exit_3(agent_state: Path) -> None:
     proc = cli("postgresql://postgres@[::1/test", agent_state, "list")
     assert "store URL" in one_error_line(proc, StoreError.exit_code)
@@ -352,13 +339,6 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path, agent_state: P
 
 # ---- a corrupt event row ---------------------------------------------------------------------------
 
-CORRUPT_BUG = (
-    "BUG: one corrupt event row makes every command that reads it (run, inspect, list, show) die with a "
-    "MapperDeserialisationError traceback (exit 1); `run` dies the same way at every restart (a crash loop): "
-    "eventsourcing's MapperDeserialisationError is not a PersistenceError, and neither the engine "
-    "(TaskManager.recover / ProjectionRunner.catch_up) nor orchestrator/cli.py main() turns it into a clear error"
-)
-
 
 def corrupt_one_event(store_url: str, agent_state: Path) -> tuple[str, list[tuple[str, int, str, bytes]]]:
     """Two commands in flight; garbage written into the state of one event of the first (its TasksSubmitted)."""
@@ -384,7 +364,6 @@ def corrupt_one_event(store_url: str, agent_state: Path) -> tuple[str, list[tupl
     return victim, rows
 
 
-@pytest.mark.xfail(reason=CORRUPT_BUG, strict=True)
 def test_a_corrupt_event_row_stops_the_engine_with_one_clear_line_every_time(store_url: str, agent_state: Path) -> None:
     _, before = corrupt_one_event(store_url, agent_state)
     for _ in range(2):  # a supervisor restarting it gets the same clear answer, not a crash
@@ -395,7 +374,6 @@ def test_a_corrupt_event_row_stops_the_engine_with_one_clear_line_every_time(sto
     assert recorded_events(store_url) == before, "nothing recorded was changed or lost"
 
 
-@pytest.mark.xfail(reason=CORRUPT_BUG, strict=True)
 def test_a_corrupt_event_row_gives_readers_one_clear_line(store_url: str, agent_state: Path) -> None:
     victim, before = corrupt_one_event(store_url, agent_state)
     for args in (["inspect"], ["inspect", "--json"], ["show", victim], ["list"]):

@@ -383,13 +383,6 @@ def test_a_cancel_requested_while_the_engine_is_down_is_predicted_then_done(stor
         invariants_hold(orch, agent_state)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a cancel requested while the engine is down never stops the command's running tasks: they run to "
-    "their end (here the VM loses every disk although the user cancelled the removal), while a running engine "
-    "stops them. TaskManager._apply_decision records FailureDecided for the 'fail' verdict, which sets "
-    "failure_reason, and _apply_cancellations only stops the tasks of commands whose failure_reason is None",
-    strict=True,
-)
 def test_recovery_stops_the_running_tasks_of_a_command_cancelled_while_the_engine_was_down(
     store_url: str, agent_state: Path
 ) -> None:

@@ -370,16 +370,6 @@ print(json.dumps(errors))
 def test_processes_opening_one_store_at_the_same_moment_all_get_in(
     store_url: str, backend: str, agent_state: Path, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "postgres":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="BUG: processes that open one PostgreSQL store at the same moment fail with 'error: cannot "
-                "open ...: tuple concurrently updated' (exit 3): Orchestrator.open (orchestrator/application.py) "
-                "builds OrchestratorApp with table creation on, so every open runs eventsourcing's "
-                "PostgresRecorder.create_table(), whose CREATE OR REPLACE FUNCTION races with the other processes'",
-                strict=True,
-            )
-        )
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(1, 1)
     rounds, gap = 12, 0.3

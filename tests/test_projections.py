@@ -33,12 +33,6 @@ from tests.conftest import REPO, cli_env, engine_args, fast_settings, invariants
 
 SD, IMAGE, TEMPLATE, VM = EntityType.STORAGE_DOMAIN, EntityType.IMAGE, EntityType.TEMPLATE, EntityType.VM
 ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
-RICH_BUG = (
-    "BUG: `projections rebuild` always dies with a TypeError traceback: projections/rebuild.py _progress() "
-    "formats task.total with ',.0f' but rebuild_or_verify() adds each task with total=None and Rich renders it at once"
-)
-
-
 # ---- helpers ---------------------------------------------------------------------------------
 
 
@@ -224,13 +218,6 @@ def test_deactivate_storage_domain_is_refused_while_a_task_runs_on_it_and_accept
     assert [lk["mode"] for lk in orch.entity(EntityRef(SD, "sd-2")).locks.values()] == ["write"]  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(
-    reason="BUG (since commit 3b80818): a command without tasks (DeactivateStorageDomain) never ends: it stays "
-    "'accepted' holding its write lock, and `run --until-idle` times out. Without the SubmissionStarted event a "
-    "command leaves ACCEPTED only through a task event (RootCommand._mark_started), and "
-    "TaskManager._decide_end_actions only looks at RUNNING commands",
-    strict=True,
-)
 def test_an_accepted_deactivation_takes_effect(
     store_url: str, orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
 ) -> None:
@@ -328,7 +315,6 @@ def test_after_crash_and_recovery_every_projection_equals_a_rebuild(
     assert active["freshness"]["lag"] == 0
 
 
-@pytest.mark.xfail(reason=RICH_BUG, strict=True)
 def test_cli_verify_passes_after_crash_and_recovery(store_url: str, agent_state: Path) -> None:
     crash_then_recover(store_url, agent_state, "RemoveVm", {"vm_id": "vm-0001"}, "after_agent_accept:2", ONE_PER_CALL)
     proc = cli(store_url, agent_state, "projections", "rebuild", "--verify")
@@ -480,7 +466,6 @@ def invariants_after(store_url: str, agent_state: Path) -> None:
         invariants_hold(orch, agent_state)
 
 
-@pytest.mark.xfail(reason=RICH_BUG, strict=True)
 def test_cli_rebuild_while_the_engine_runs(store_url: str, backend: str, agent_state: Path) -> None:
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(4, 2)
@@ -543,7 +528,6 @@ def test_verify_finds_a_row_deleted_from_a_live_view(store_url: str, orch: Orche
     assert_projections_true(orch)
 
 
-@pytest.mark.xfail(reason=RICH_BUG, strict=True)
 def test_cli_verify_exits_non_zero_and_prints_the_row_deleted_from_a_live_view(
     store_url: str, orch: Orchestrator, agent_state: Path
 ) -> None:
@@ -627,7 +611,6 @@ def test_rebuild_script_is_the_cli_rebuild_command() -> None:
     assert "--verify" in proc.stdout and "Rebuild read models" in proc.stdout
 
 
-@pytest.mark.xfail(reason=RICH_BUG, strict=True)
 def test_rebuild_script_rebuilds_and_verifies(store_url: str, orch: Orchestrator, agent_state: Path) -> None:
     orch.seed(1, 2)
     orch.submit("RemoveVm", {"vm_id": "vm-0001"})

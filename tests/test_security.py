@@ -132,11 +132,6 @@ def test_credentials_never_appear_in_a_whole_session_output_logs_or_json(pg_sche
     assert SECRET not in joined
 
 
-@pytest.mark.xfail(
-    reason="BUG: a store URL of an unsupported scheme is echoed whole in the error, so a password given as a "
-    "query parameter leaks (orchestrator/store.py parse_store_url() only strips what is before an '@')",
-    strict=True,
-)
 def test_a_password_in_an_unsupported_url_is_not_echoed(tmp_path: Path) -> None:
     proc = run_cli("--store", f"mysql://db.example/orchestrator?user=root&password={SECRET}", "list")
     assert proc.returncode == 3 and proc.stderr.startswith("error: ")
@@ -190,14 +185,6 @@ def test_files_the_project_creates_are_owner_only(tmp_path: Path, open_umask: No
     assert mode_of(tmp_path / "alone.agent") == 0o600
 
 
-@pytest.mark.xfail(
-    reason="BUG: a SQLite store path holding '#' or '?' splits the store in two: the events go to the file named, "
-    "but orchestrator_meta and every projection table go to a stray file cut at that character (created with "
-    "umask permissions, outside the store's directory). orchestrator/store.py _prepare_sqlite, "
-    "projections/db.py ViewDatabase._sqlite and inspection.ReadOnlyStore build 'file:{path}?mode=...' URIs "
-    "without percent-encoding the path; eventsourcing opens the plain path",
-    strict=True,
-)
 @pytest.mark.parametrize("directory", ["run#2", "what?"])
 def test_a_store_path_with_uri_characters_keeps_everything_in_the_store_file(
     directory: str, tmp_path: Path, open_umask: None

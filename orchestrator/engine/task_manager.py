@@ -342,6 +342,11 @@ class TaskManager:
         self.log_position = head
 
     def _apply_cancellations(self) -> None:
+        """A cancelled command fails: its planned tasks are never submitted, its running ones stopped.
+
+        Stopping is checked every cycle, not only when the failure is decided: a cancel
+        recorded while no engine ran is decided by recovery, and stopped here.
+        """
         changed = []
         for command in self.inflight.values():
             if command.cancel_reason and command.failure_reason is None and not command.ended:
@@ -349,18 +354,21 @@ class TaskManager:
                     f"cancelled: {command.cancel_reason}", [t.task_id for t in command.planned_tasks]
                 )
                 changed.append(command)
-        if not changed:
+        if changed and not self._save(*changed):
             return
-        if self._save(*changed):
-            for command in changed:
-                for task in command.running_tasks:
-                    assert task.agent_task_id is not None
-                    try:
-                        self._call(self.agent.stop_task, task.agent_task_id)
-                    except AgentError as exc:
-                        self._agent_failed(exc)
-                        return
-                    self._stopping.add(task.agent_task_id)
+        for command in self.inflight.values():
+            if not command.cancel_reason or command.ended:
+                continue
+            for task in command.running_tasks:
+                assert task.agent_task_id is not None
+                if task.agent_task_id in self._stopping or not self._agent_ready():
+                    continue
+                try:
+                    self._call(self.agent.stop_task, task.agent_task_id)
+                except AgentError as exc:
+                    self._agent_failed(exc)
+                    return
+                self._stopping.add(task.agent_task_id)
 
     def _submit(self, report: CycleReport) -> None:
         # Planned tasks of accepted commands, and of running ones whose create call failed:
@@ -493,7 +501,11 @@ class TaskManager:
 
     def _decide_end_actions(self) -> None:
         """Commands whose tasks have all ended (or that had none) get their end action due."""
-        due = [c for c in self.inflight.values() if c.status is CommandStatus.RUNNING and c.all_tasks_ended]
+        due = [
+            c
+            for c in self.inflight.values()
+            if c.status in (CommandStatus.ACCEPTED, CommandStatus.RUNNING) and c.all_tasks_ended
+        ]
         for command in due:
             command.start_end_action()
         self._save(*due)

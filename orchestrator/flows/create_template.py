@@ -48,8 +48,9 @@ class CreateTemplate(Flow):
             raise CommandRefusedError(f"vm {vm.entity_id} has no disk to make a template from")
         template_id = params.template_id or short_id("tmpl", ctx.command_id, "template")
         existing = ctx.inventory.get(EntityRef(EntityType.TEMPLATE, template_id))
-        if existing is not None and not existing.removed:
-            raise CommandRefusedError(f"template {template_id} already exists")
+        if existing is not None:
+            state = "was removed" if existing.removed else "exists"
+            raise CommandRefusedError(f"template id {template_id} {state}; ids are never reused, choose another")
         images: list[list[str]] = []
         children = []
         for disk in disks:
