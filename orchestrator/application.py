@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
 from eventsourcing.persistence import IntegrityError, Mapper, MapperDeserialisationError, PersistenceError, StoredEvent
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import TopicError, get_topic
 from pydantic import BaseModel
 
 from orchestrator.agent.simulator import SimulatedAgent, default_agent_state_path
@@ -59,11 +59,11 @@ class CheckedMapper(Mapper[UUID]):
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         try:
             return super().to_domain_event(stored_event)
+        except TopicError as exc:
+            detail = f"an event kind this version does not know ({str(exc).splitlines()[0][:80]})"
         except MapperDeserialisationError as exc:
             detail = str(exc.__cause__ or exc).splitlines()[0][:120]
-            raise damaged_event(
-                stored_event.originator_id, stored_event.originator_version, stored_event.topic, detail
-            ) from None
+        raise damaged_event(stored_event.originator_id, stored_event.originator_version, stored_event.topic, detail)
 
 
 class OrchestratorApp(Application[UUID]):
@@ -438,6 +438,7 @@ class Orchestrator:
             try:
                 self.save(command)
             except IntegrityError:
+                self.forget([command.id])  # the cached copy holds the unsaved change: read afresh
                 continue
             return command
         raise CommandRefusedError("the command kept changing; try again")

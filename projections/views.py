@@ -31,6 +31,7 @@ IN_FLIGHT_ROOTS = "parent_id IS NULL AND (status NOT IN ('succeeded', 'failed') 
 # only increments), so a batch may run all its statements rank by rank.
 LIFECYCLE_RANK = {
     "Accepted": 0,
+    "SubmissionStarted": 1,
     "TasksSubmitted": 1,
     "OrphansAdopted": 1,
     "TasksRefused": 1,
@@ -315,7 +316,7 @@ class CommandsProjection(Projection):
                         seen.setdefault((etype, eid), mode)
                 for (etype, eid), mode in seen.items():
                     out.insert(ce, etype, eid, child["child_id"], mode)
-        if event.kind in ("TasksSubmitted", "OrphansAdopted", "TasksRefused", "FailureDecided"):
+        if event.kind in ("SubmissionStarted", "TasksSubmitted", "OrphansAdopted", "TasksRefused", "FailureDecided"):
             # the first answer from the agent (or a decision) moves an accepted command on
             out.add(f"UPDATE {c} SET status = 'running' WHERE root_command_id = ? AND status = 'accepted'", root)
         if event.kind == "FailureDecided":

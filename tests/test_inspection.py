@@ -374,11 +374,11 @@ def test_a_cancel_requested_while_the_engine_is_down_is_predicted_then_done(stor
     command_id = _cancelled_while_down(store_url, agent_state)
     code, report = inspect_json(store_url, agent_state)
     (mine,) = report["commands"]
-    assert (code, mine["verdict"], mine["reason"]) == (20, "fail", "cancel requested: cancelled by user")
+    assert (code, mine["verdict"], mine["reason"]) == (20, "fail", "cancelled: cancelled by user")
     restart_until_idle(store_url, agent_state)
     with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
         command = orch.command(command_id)
-        assert command.recoveries[-1][1:] == ("fail", "cancel requested: cancelled by user")
+        assert command.recoveries[-1][1:] == ("fail", "cancelled: cancelled by user")
         assert command.status.value == "failed" and command.outcome_reason.startswith("cancelled: cancelled by user")
         invariants_hold(orch, agent_state)
 

@@ -111,12 +111,6 @@ def test_soak_refuses_an_unknown_fault_kind_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "store.db").exists()
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="engine bug found by the soak: TaskManager._apply_cancellations abandons planned tasks without asking "
-    "the agent by key, though a create call whose answer was lost may have made them",
-)
 def test_cancel_after_a_lost_create_answer_leaves_nothing_behind(
     store_url: str, agent_state: Path, tmp_path: Path
 ) -> None:

@@ -339,7 +339,7 @@ class SimulatedAgentBackend:
             answer.append(
                 {
                     "agent_task_id": str(uuid.uuid4()),
-                    "key": f"{uuid.uuid4()}/{uuid.uuid4()}",
+                    "key": f"phantom-{uuid.uuid4()}",
                     "verb": "delete_image",
                     "state": "finished",
                     "result": "success",
@@ -487,6 +487,15 @@ class SimulatedAgentBackend:
         if verb == "create_volume":
             if conn.execute("SELECT 1 FROM volumes WHERE volume_id = ?", (args["volume_id"],)).fetchone():
                 return False, f"volume {args['volume_id']} already exists"
+            parent = args.get("parent_id")
+            if (
+                parent
+                and not conn.execute(
+                    "SELECT 1 FROM volumes WHERE volume_id = ? AND image_id = ? AND storage_domain_id = ?",
+                    (parent, args["image_id"], args["storage_domain_id"]),
+                ).fetchone()
+            ):
+                return False, f"parent volume {parent} not found in image {args['image_id']}"
             conn.execute(
                 "INSERT INTO volumes VALUES (?, ?, ?, ?)",
                 (args["volume_id"], args["image_id"], args["storage_domain_id"], args.get("parent_id") or None),

@@ -89,6 +89,12 @@ class RootCommand(Aggregate):
         entities: list[list[str]]
         children: list[dict[str, Any]]
 
+    class SubmissionStarted(Aggregate.Event):
+        """Written by versions before 0.1 (the agent's keys now tell recovery); read, never written."""
+
+        def apply(self, aggregate: RootCommand) -> None:
+            aggregate._mark_started(self.timestamp)
+
     class TasksSubmitted(Aggregate.Event):
         submitted: list[list[str]]  # [task_id, agent_task_id]
 

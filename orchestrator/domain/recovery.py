@@ -92,7 +92,7 @@ def decide(command: RootCommand, agent: AgentView | None) -> Decision:
         if provisional:
             decision.reason = "accepted; no agent task id recorded (the agent may hold some: not asked)"
         return decision
-    reasons = []
+    reasons = [f"cancelled: {command.cancel_reason}"] if command.cancel_reason else []
     planned = len(decision.orphans) + len(decision.unsubmitted)
     if planned:
         reasons.append(f"{planned} of {len(command.tasks)} expected tasks have no agent task id")
@@ -100,8 +100,6 @@ def decide(command: RootCommand, agent: AgentView | None) -> Decision:
             reasons.append(f"{len(decision.orphans)} found on the agent by key: stop and clear them")
     if decision.vanished:
         reasons.append(f"{len(decision.vanished)} task(s) no longer known to the agent")
-    if command.cancel_reason and not reasons:
-        reasons.append(f"cancel requested: {command.cancel_reason}")
     if reasons or command.failure_reason:
         decision.verdict = Verdict.FAIL
         decision.reason = "; ".join(reasons) or command.failure_reason or "failure already decided"

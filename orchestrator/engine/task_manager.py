@@ -152,7 +152,7 @@ class TaskManager:
         except IntegrityError as exc:
             # Another process changed one of these aggregates. Forget what we held; a command
             # that may have lost agent ids learned this cycle is reconciled with the agent.
-            log.info("store refused a write (%s); re-reading what it involved", exc)
+            log.info("store refused a write (%s); re-reading what it involved", str(exc).splitlines()[0])
             self.orch.forget(a.id for a in pending)
             for aggregate in pending:
                 if isinstance(aggregate, RootCommand):
@@ -350,9 +350,11 @@ class TaskManager:
         changed = []
         for command in self.inflight.values():
             if command.cancel_reason and command.failure_reason is None and not command.ended:
-                command.decide_failure(
-                    f"cancelled: {command.cancel_reason}", [t.task_id for t in command.planned_tasks]
-                )
+                if command.planned_tasks:
+                    # A create call whose answer was lost may have made some: ask the agent by key.
+                    self._reconcile_ids.add(command.id)
+                    continue
+                command.decide_failure(f"cancelled: {command.cancel_reason}", [])
                 changed.append(command)
         if changed and not self._save(*changed):
             return
@@ -411,11 +413,11 @@ class TaskManager:
             if not self._save(*[c for c, _, _ in touched.values()]):
                 return
             crash_point("after_agent_id_recorded")
-        # A refused task fails its command: the rest of its tasks will never be submitted.
-        abandoned = [c for c in self.inflight.values() if c.failure_reason is not None and c.planned_tasks]
-        for command in abandoned:
-            command.decide_failure(command.failure_reason or "failed", [t.task_id for t in command.planned_tasks])
-        self._save(*abandoned)
+        # A refused task fails its command: the rest of its tasks will never be submitted. Which of
+        # them the agent may hold anyway (a create call whose answer was lost) is asked by key first.
+        for command in self.inflight.values():
+            if command.failure_reason is not None and command.planned_tasks:
+                self._reconcile_ids.add(command.id)
 
     def _end_item(self, task_id: str, status: TaskStatus, kind: EndKind, message: str, **result: Any) -> dict[str, Any]:
         return {"task_id": task_id, "status": status.value, "kind": kind.value, "message": message, "result": result}
