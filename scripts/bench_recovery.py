@@ -1,0 +1,201 @@
+"""Recovery time: from engine start to every in-flight command decided.
+
+The in-flight commands are real: accepted by `Orchestrator.submit` and
+submitted to the simulated agent by the real engine (tasks that run for a
+day), then the engine is dropped. Each measurement opens the store afresh (no
+warm caches), builds a new `TaskManager` and times `recover()`.
+
+The ended history is written through the real aggregates, not the engine:
+each history command is planned by the real RemoveVm flow (against an
+in-memory copy of a 4-disk VM) and taken through the same aggregate methods
+the engine calls (tasks submitted, tasks ended, end action
+started, ended, tasks cleared), and saved 1,000 commands to a transaction.
+Their inventory events (locks, removals) and their agent journal rows are not
+written: recovery reads neither for ended commands.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.agent.simulator import SimulatedAgent
+from orchestrator.application import SEED_DOMAINS, Orchestrator
+from orchestrator.config import load_engine_settings
+from orchestrator.domain.commands import RootCommand
+from orchestrator.domain.inventory import Disk, InventoryEntity, Vm
+from orchestrator.domain.model import CommandStatus, EntityRef, TaskStatus
+from orchestrator.engine.task_manager import TaskManager
+from orchestrator.flows import get_flow
+from orchestrator.flows.base import PlanContext
+from scripts.bench_support import DISKS_PER_VM, Scratch, Stopwatch, Store
+
+TASK_SECONDS = 24 * 3600.0
+HISTORY_BATCH = 1000
+# VMs seeded per transaction. `Orchestrator.seed(10_000, 4)` saves 50,002 aggregates in one
+# transaction, and on PostgreSQL that save never returned (client in poll(), server in
+# ClientRead: a pipeline deadlock); so the benchmark seeds the same entities in batches.
+SEED_BATCH = 1000
+
+
+@dataclass
+class RecoveryStore:
+    store: Store
+    agent_state: Path
+    in_flight: int
+    setup: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RecoveryRun:
+    recover_seconds: float
+    open_seconds: float
+    decided: int
+    verdicts: dict[str, int]
+    log_events: int
+
+
+# ---- building the store ------------------------------------------------------------------------
+
+
+def build_in_flight(scratch: Scratch, backend: str, commands: int) -> RecoveryStore:
+    store = scratch.store(backend, "recovery")
+    rs = RecoveryStore(store, scratch.agent_path("recovery"), commands)
+    orch = Orchestrator.open(store.url, agent_state=rs.agent_state, create=True)
+    agent = SimulatedAgent.open(rs.agent_state, task_seconds=TASK_SECONDS)
+    try:
+        seed_in_batches(orch, commands)
+        watch = Stopwatch()
+        for n in range(1, commands + 1):
+            orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"})
+        rs.setup["accept_seconds"] = watch.seconds
+        watch = Stopwatch()
+        _submit_everything(TaskManager(orch, agent, load_engine_settings(submit_batch=1000)))
+        rs.setup["engine_submit_seconds"] = watch.seconds
+    finally:
+        agent.close()
+        orch.close()
+    return rs
+
+
+def seed_in_batches(orch: Orchestrator, vms: int) -> None:
+    """What `Orchestrator.seed(vms, 4)` makes (vm-0001..., 4 disks each on sd-1), 1,000 VMs a transaction."""
+    orch.seed(0, DISKS_PER_VM)  # the storage domains, here and on the agent
+    agent = orch.open_agent()
+    try:
+        for start in range(1, vms + 1, SEED_BATCH):
+            entities: list[InventoryEntity] = []
+            volumes: list[tuple[str, str, str]] = []
+            for n in range(start, min(vms, start + SEED_BATCH - 1) + 1):
+                entities += _seed_vm(n, volumes)
+            agent.backend.seed_storage(SEED_DOMAINS, volumes)
+            orch.app.save(*entities)
+    finally:
+        agent.close()
+
+
+def _seed_vm(n: int, volumes: list[tuple[str, str, str]]) -> list[InventoryEntity]:
+    vm_id = f"vm-{n:04d}"
+    disk_ids = [f"disk-{n:04d}-{k}" for k in range(1, DISKS_PER_VM + 1)]
+    out: list[InventoryEntity] = []
+    for k, disk_id in enumerate(disk_ids, start=1):
+        image, volume = f"img-{n:04d}-{k}", f"vol-{n:04d}-{k}-base"
+        out.append(Disk.register(disk_id, vm_id=vm_id, storage_domain_id="sd-1", image_id=image, volumes=[volume]))
+        volumes.append(("sd-1", image, volume))
+    out.append(Vm.register(vm_id, name=vm_id, status="up", disk_ids=disk_ids))
+    return out
+
+
+def _submit_everything(engine: TaskManager) -> None:
+    engine.recover()
+    while not all(
+        c.status is CommandStatus.RUNNING and all(t.status is TaskStatus.RUNNING for t in c.tasks.values())
+        for c in engine.inflight.values()
+    ):
+        engine.cycle()
+
+
+class MemoryInventory:
+    """The inventory a flow plans against, held in memory only."""
+
+    def __init__(self, entities: list[InventoryEntity]) -> None:
+        self.entities = {e.ref: e for e in entities}
+
+    def get(self, ref: EntityRef) -> InventoryEntity | None:
+        return self.entities.get(ref)
+
+    def add(self, entity: InventoryEntity) -> None:
+        self.entities[entity.ref] = entity
+
+    def prefetch(self, refs: Iterable[EntityRef]) -> None:
+        """Everything is in memory already."""
+
+
+def ended_command(number: int) -> RootCommand:
+    """A RemoveVm command planned by the real flow and taken to its end through the real aggregate."""
+    vm_id = f"hist-{number:06d}"
+    disk_ids = [f"hdisk-{number:06d}-{k}" for k in range(1, DISKS_PER_VM + 1)]
+    disks = [
+        Disk.register(d, vm_id=vm_id, storage_domain_id="sd-1", image_id=f"himg-{d}", volumes=[f"hvol-{d}"])
+        for d in disk_ids
+    ]
+    inventory = MemoryInventory([Vm.register(vm_id, name=vm_id, status="up", disk_ids=disk_ids), *disks])
+    flow = get_flow("RemoveVm")
+    params = flow.parse_params({"vm_id": vm_id})
+    command_id = uuid.uuid4()
+    plan = flow.plan(PlanContext(command_id, inventory, lambda _ref: []), params)
+    children = [c.to_record() for c in plan.children]
+    command = RootCommand.accept(
+        command_id, flow.name, params.model_dump(mode="json"), plan.summary, plan.entities, children
+    )
+    task_ids = list(command.tasks)
+    command.record_submitted([(t, str(uuid.uuid4())) for t in task_ids])
+    command.record_ended(
+        [{"task_id": t, "status": "succeeded", "kind": "finished", "message": "", "result": {}} for t in task_ids]
+    )
+    command.start_end_action()
+    command.end()
+    command.record_cleared(task_ids)
+    return command
+
+
+def add_history(rs: RecoveryStore, commands: int) -> None:
+    orch = Orchestrator.open(rs.store.url, agent_state=rs.agent_state, create=False)
+    try:
+        watch = Stopwatch()
+        for start in range(0, commands, HISTORY_BATCH):
+            batch = [ended_command(n) for n in range(start + 1, min(commands, start + HISTORY_BATCH) + 1)]
+            orch.app.save(*batch)
+        rs.setup["history_write_seconds"] = watch.seconds
+        watch = Stopwatch()
+        events = orch.projections.catch_up()
+        rs.setup["history_catch_up_seconds"] = watch.seconds
+        rs.setup["history_catch_up_events_per_second"] = events / max(watch.seconds, 1e-9)
+    finally:
+        orch.close()
+
+
+# ---- measuring -------------------------------------------------------------------------------------
+
+
+def time_recovery(rs: RecoveryStore) -> RecoveryRun:
+    """Open the store cold, start an engine, and time `recover()` until every in-flight command is decided."""
+    watch = Stopwatch()
+    orch = Orchestrator.open(rs.store.url, agent_state=rs.agent_state, create=False)
+    agent = SimulatedAgent.open(rs.agent_state, task_seconds=TASK_SECONDS)
+    try:
+        opened = watch.seconds
+        started = time.perf_counter()
+        report = TaskManager(orch, agent, load_engine_settings()).recover()
+        seconds = time.perf_counter() - started
+        head = orch.projections.head()
+        orch.projections.catch_up()  # as the engine's first cycle would; not timed
+    finally:
+        agent.close()
+        orch.close()
+    verdicts = Counter(d.verdict.value for d in report.decisions.values())
+    return RecoveryRun(seconds, opened, len(report.decisions), dict(verdicts), head)
