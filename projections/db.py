@@ -131,6 +131,13 @@ class ViewDatabase:
                 pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield _PgCursor(pg.cursor())
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """One SELECT, no transaction around it (a single statement is consistent by itself)."""
+        if self.dialect == "sqlite":
+            return self._sqlite().execute(sql, tuple(params)).fetchall()
+        with self._pg() as pg:
+            return pg.execute(sql.replace("?", "%s"), tuple(params)).fetchall()  # type: ignore[arg-type]
+
     @contextmanager
     def write(self, lock_name: str = "projections") -> Iterator[Cursor]:
         """A write transaction, serialised with every other writer of `lock_name`."""

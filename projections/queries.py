@@ -70,26 +70,25 @@ class ViewQueries:
         self.db = db
 
     def has_running_tasks(self, ref: EntityRef) -> bool:
-        with self.db.read() as cur:
-            cur.execute(
-                "SELECT 1 FROM proj_entity_tasks WHERE entity_type = ? AND entity_id = ?"
-                " AND status IN ('planned', 'running') LIMIT 1",
-                (ref.type.value, ref.id),
-            )
-            return cur.fetchone() is not None
+        rows = self.db.query(
+            "SELECT 1 FROM proj_entity_tasks WHERE entity_type = ? AND entity_id = ?"
+            " AND status IN ('planned', 'running') LIMIT 1",
+            (ref.type.value, ref.id),
+        )
+        return bool(rows)
 
     def tasks_for_entity(self, ref: EntityRef, *, running_only: bool = False) -> list[EntityTaskRow]:
         sql = "SELECT * FROM proj_entity_tasks WHERE entity_type = ? AND entity_id = ?"
         if running_only:
             sql += " AND status IN ('planned', 'running')"
-        with self.db.read() as cur:
-            cur.execute(sql + " ORDER BY root_command_id, task_id", (ref.type.value, ref.id))
-            return [_entity_row(r) for r in cur.fetchall()]
+        rows = self.db.query(sql + " ORDER BY root_command_id, task_id", (ref.type.value, ref.id))
+        return [_entity_row(r) for r in rows]
 
     def entities_for_task(self, task_id: str) -> list[EntityTaskRow]:
-        with self.db.read() as cur:
-            cur.execute("SELECT * FROM proj_entity_tasks WHERE task_id = ? ORDER BY entity_type, entity_id", (task_id,))
-            return [_entity_row(r) for r in cur.fetchall()]
+        rows = self.db.query(
+            "SELECT * FROM proj_entity_tasks WHERE task_id = ? ORDER BY entity_type, entity_id", (task_id,)
+        )
+        return [_entity_row(r) for r in rows]
 
     def active_tasks(self, root_command_id: str | None = None) -> list[ActiveTaskRow]:
         sql, params = "SELECT * FROM proj_active_tasks", tuple[str, ...]()

@@ -70,6 +70,14 @@ class StatementBatch:
     def delete(self, table: str, column: str, key: Any) -> None:
         self.groups.setdefault((self.rank, "delete", table, (column,)), []).append((key,))
 
+    def keyed(self, template: str, key: Any) -> None:
+        """A statement that only varies by one key, written with `{match}` where `= key` goes."""
+        self.groups.setdefault((self.rank, "keyed", template, ()), []).append((key,))
+
+    def decrement(self, table: str, key_column: str, key: Any, column: str, by: int) -> None:
+        """Subtract from a counter column (decrements of one key in a group add up)."""
+        self.groups.setdefault((self.rank, "decrement", table, (key_column, column)), []).append((key, by))
+
     def update(self, table: str, key_column: str, key: Any, **values: str | None) -> None:
         """Set text columns of the rows whose `key_column` equals `key`."""
         columns = (key_column, *values)
@@ -98,10 +106,23 @@ def _execute(cursor: Cursor, sql: str, rows: list[tuple[Any, ...]]) -> None:
         cursor.executemany(sql, rows)
 
 
+def _summed(rows: list[tuple[Any, ...]]) -> list[tuple[Any, int]]:
+    totals: dict[Any, int] = {}
+    for key, by in rows:
+        totals[key] = totals.get(key, 0) + by
+    return list(totals.items())
+
+
 def _run_sqlite(
     cursor: Cursor, operation: str, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> None:
-    if operation == "insert":
+    if operation == "keyed":
+        _execute(cursor, table.format(match="= ?"), rows)
+    elif operation == "decrement":
+        key, column = columns
+        sql = f"UPDATE {table} SET {column} = {column} - ? WHERE {key} = ?"
+        _execute(cursor, sql, [(by, k) for k, by in _summed(rows)])
+    elif operation == "insert":
         _execute(cursor, f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
     elif operation == "delete":
         _execute(cursor, f"DELETE FROM {table} WHERE {columns[0]} = ?", rows)
@@ -114,7 +135,17 @@ def _run_sqlite(
 def _run_postgres(
     cursor: Any, operation: str, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> None:
-    if operation == "insert":
+    if operation == "keyed":
+        cursor.execute(table.format(match="= ANY(?)"), ([r[0] for r in rows],))
+    elif operation == "decrement":
+        key, column = columns
+        totals = _summed(rows)
+        cursor.execute(
+            f"UPDATE {table} AS t SET {column} = t.{column} - v.by FROM unnest(?::text[], ?::int[]) AS v(k, by)"
+            f" WHERE t.{key} = v.k",
+            ([k for k, _ in totals], [by for _, by in totals]),
+        )
+    elif operation == "insert":
         with cursor.copy(f"COPY {table} FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
@@ -197,7 +228,10 @@ class EntityTasksProjection(Projection):
 
     def index_statements(self, suffix: str, index_suffix: str) -> list[str]:
         return [
-            f"CREATE INDEX IF NOT EXISTS proj_entity_tasks_task{index_suffix} ON proj_entity_tasks{suffix} (task_id)"
+            f"CREATE INDEX IF NOT EXISTS proj_entity_tasks_task{index_suffix} ON proj_entity_tasks{suffix} (task_id)",
+            # "does X have running tasks" reads only these rows, however many ended ones X has
+            f"CREATE INDEX IF NOT EXISTS proj_entity_tasks_running{index_suffix} ON proj_entity_tasks{suffix}"
+            " (entity_type, entity_id) WHERE status IN ('planned', 'running')",
         ]
 
     def key_columns(self, table: str) -> str:
@@ -318,31 +352,27 @@ class CommandsProjection(Projection):
                     out.insert(ce, etype, eid, child["child_id"], mode)
         if event.kind in ("SubmissionStarted", "TasksSubmitted", "OrphansAdopted", "TasksRefused", "FailureDecided"):
             # the first answer from the agent (or a decision) moves an accepted command on
-            out.add(f"UPDATE {c} SET status = 'running' WHERE root_command_id = ? AND status = 'accepted'", root)
+            out.keyed(
+                f"UPDATE {c} SET status = 'running' WHERE root_command_id {{match}} AND status = 'accepted'", root
+            )
         if event.kind == "FailureDecided":
             out.add(
-                f"UPDATE {c} SET reason = CASE WHEN reason = '' THEN ? ELSE reason END,"
-                f" uncleared_tasks = uncleared_tasks - ? WHERE command_id = ?",
+                f"UPDATE {c} SET reason = CASE WHEN reason = '' THEN ? ELSE reason END WHERE command_id = ?",
                 event.reason,
-                len(event.abandoned),
                 root,
             )
+            out.decrement(c, "command_id", root, "uncleared_tasks", len(event.abandoned))
         elif event.kind in ("TasksRefused", "TasksCleared"):
             n = len(event.refused) if event.kind == "TasksRefused" else len(event.task_ids)
-            out.add(f"UPDATE {c} SET uncleared_tasks = uncleared_tasks - ? WHERE command_id = ?", n, root)
+            out.decrement(c, "command_id", root, "uncleared_tasks", n)
         elif event.kind == "EndActionStarted":
             out.update(c, "command_id", root, status="ending")
         elif event.kind == "Ended":
             ended = _iso(event.timestamp)
-            out.add(
-                f"UPDATE {c} SET status = ?, ended_at = ?, outcome = ?, reason = ?, flagged = ? WHERE command_id = ?",
-                event.outcome,
-                ended,
-                event.outcome,
-                event.reason,
-                int(event.flagged),
-                root,
-            )
+            out.update(c, "command_id", root, status=event.outcome, ended_at=ended, outcome=event.outcome)
+            out.update(c, "command_id", root, reason=event.reason)
+            if event.flagged:
+                out.keyed(f"UPDATE {c} SET flagged = 1 WHERE command_id {{match}}", root)
             for child_id, outcome in event.children.items():
                 if child_id != root:
                     out.update(c, "command_id", child_id, status=outcome, ended_at=ended, outcome=outcome)
