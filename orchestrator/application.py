@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -37,11 +37,12 @@ from orchestrator.errors import (
     DuplicateCommandError,
     EntityLockedError,
     NotFoundError,
+    OrchestratorError,
     StoreError,
     damaged_event,
 )
 from orchestrator.flows import get_flow
-from orchestrator.flows.base import PlanContext
+from orchestrator.flows.base import Flow, FlowParams, PlanContext
 from orchestrator.store import StoreConfig, parse_store_url, store_layout, store_url_from_env
 from projections.db import ViewDatabase
 from projections.queries import ViewQueries
@@ -119,6 +120,16 @@ class InventoryUnit:
             entity = self.get(use.ref)
             if entity is not None:
                 entity.release_lock(str(command.id))
+
+
+@dataclass
+class _Accepted:
+    commands: list[RootCommand] = field(default_factory=list)
+    results: list[SubmitResult | OrchestratorError] = field(default_factory=list)
+
+    def extend(self, other: _Accepted) -> None:
+        self.commands += other.commands
+        self.results += other.results
 
 
 class SubmitResult(BaseModel):
@@ -224,38 +235,77 @@ class Orchestrator:
             if existing is not None:
                 return self._duplicate(existing, flow.name, parsed.model_dump(mode="json"))
             unit = InventoryUnit(self)
-            ctx = PlanContext(command_id, unit, self._running_tasks_on)
-            plan = flow.plan(ctx, parsed)
-            for entity in plan.new_entities:
-                unit.add(entity)
-            self._check_locks(plan.entities, unit, str(command_id))
-            command = RootCommand.accept(
-                command_id,
-                flow.name,
-                parsed.model_dump(mode="json"),
-                plan.summary,
-                plan.entities,
-                [c.to_record() for c in plan.children],
-            )
-            try:
-                for use in plan.entities:
-                    locked = unit.get(use.ref)
-                    assert locked is not None
-                    locked.take_lock(str(command_id), flow.name, use.mode)
-                self.save(command, *unit.touched())
-            except IntegrityError:
-                self.forget(e.id for e in unit.entities.values())
-                check_existing = True
-                continue  # someone changed an entity (or this id) meanwhile: read again
-            except BaseException:
-                self.forget(e.id for e in unit.entities.values())
-                raise
-            crash_point("after_accept")
-            tasks = sum(len(c.tasks) for c in plan.children)
-            return SubmitResult(
-                command_id=command_id, flow=flow.name, summary=plan.summary, tasks=tasks, duplicate=False
-            )
+            result = self._accept_into(unit, flow, parsed, command_id)
+            if self._save_unit(result.commands, unit):
+                crash_point("after_accept")
+                accepted = result.results[0]
+                assert isinstance(accepted, SubmitResult)
+                return accepted
+            check_existing = True  # someone changed an entity (or this id) meanwhile: read again
         raise CommandRefusedError("the entities of this command kept changing under it; try again")
+
+    def submit_many(
+        self, requests: Sequence[tuple[str, str | dict[str, Any]]]
+    ) -> list[SubmitResult | OrchestratorError]:
+        """Accept many commands in one transaction (say, the removal of a hundred VMs).
+
+        Each is validated and takes its locks as if submitted alone, in order, so a later
+        one that conflicts with an earlier one is refused; the answer for each is its
+        SubmitResult or the error that refused it. Those accepted are recorded together.
+        """
+        for _ in range(ACCEPT_ATTEMPTS):
+            unit = InventoryUnit(self)
+            batch = _Accepted()
+            for flow_name, params in requests:
+                try:
+                    flow = get_flow(flow_name)
+                    batch.extend(self._accept_into(unit, flow, flow.parse_params(params), uuid4()))
+                except OrchestratorError as exc:
+                    batch.results.append(exc)
+            if self._save_unit(batch.commands, unit):
+                if batch.commands:
+                    crash_point("after_accept")
+                return batch.results
+        raise CommandRefusedError("the entities of these commands kept changing under them; try again")
+
+    def _accept_into(self, unit: InventoryUnit, flow: Flow, parsed: FlowParams, command_id: UUID) -> _Accepted:
+        """Plan one command into a unit of work: validation, new entities, locks. Records nothing."""
+        plan = flow.plan(PlanContext(command_id, unit, self._running_tasks_on), parsed)
+        for entity in plan.new_entities:
+            unit.add(entity)
+        try:
+            self._check_locks(plan.entities, unit, str(command_id))
+        except OrchestratorError:
+            for entity in plan.new_entities:
+                unit.entities.pop(entity.ref, None)
+            raise
+        command = RootCommand.accept(
+            command_id,
+            flow.name,
+            parsed.model_dump(mode="json"),
+            plan.summary,
+            plan.entities,
+            [c.to_record() for c in plan.children],
+        )
+        for use in plan.entities:
+            locked = unit.get(use.ref)
+            assert locked is not None
+            locked.take_lock(str(command_id), flow.name, use.mode)
+        tasks = sum(len(c.tasks) for c in plan.children)
+        result = SubmitResult(command_id=command_id, flow=flow.name, summary=plan.summary, tasks=tasks, duplicate=False)
+        return _Accepted([command], [result])
+
+    def _save_unit(self, commands: list[RootCommand], unit: InventoryUnit) -> bool:
+        """Record commands and their entity changes in one transaction; False on a conflict."""
+        try:
+            self.save(*commands, *unit.touched())
+        except IntegrityError:
+            self.forget(e.id for e in unit.entities.values())
+            return False
+        except BaseException:
+            self.forget(e.id for e in unit.entities.values())
+            raise
+        return True
 
     def _existing_command(self, command_id: UUID) -> RootCommand | None:
         try:

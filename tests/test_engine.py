@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
-from orchestrator.application import Orchestrator
+from orchestrator.application import Orchestrator, SubmitResult
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EntityRef, EntityType, entity_aggregate_id
 from orchestrator.engine.task_manager import TaskManager
@@ -312,3 +312,36 @@ def test_bulk_loading_from_snapshots_equals_replay(orch: Orchestrator, agent: Si
                 replayed = event.mutate(replayed)  # type: ignore[attr-defined]
             assert vars(bulk[ident]) == vars(replayed)
         assert bulk[ids[0]].version > 100
+
+
+def test_submit_many_accepts_in_one_transaction_and_refuses_conflicts_one_by_one(
+    orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
+) -> None:
+    orch.seed(3, 2)
+    head = orch.app.recorder.max_notification_id()
+    results = orch.submit_many(
+        [
+            ("RemoveVm", {"vm_id": "vm-0001"}),
+            ("CreateSnapshot", {"vm_id": "vm-0001"}),  # conflicts with the removal just before it
+            ("CreateTemplate", {"vm_id": "vm-0002", "name": "t"}),
+            ("NoSuchFlow", {}),
+            ("HibernateVm", {"vm_id": "vm-0003", "extra": 1}),
+            ("HibernateVm", {"vm_id": "vm-0003"}),
+        ]
+    )
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == [
+        "SubmitResult",
+        "EntityLockedError",
+        "SubmitResult",
+        "UnknownFlowError",
+        "InvalidParametersError",
+        "SubmitResult",
+    ]
+    assert "locked (write) by RemoveVm" in str(results[1])
+    accepted = [r.command_id for r in results if isinstance(r, SubmitResult)]
+    events = orch.app.recorder.select_notifications(start=head, limit=1000, inclusive_of_start=False)
+    assert {e.originator_id for e in events if e.topic.endswith("RootCommand.Accepted")} == set(accepted)
+    run_until_idle(orch, agent)
+    assert all(orch.command(i).status.value == "succeeded" for i in accepted)
+    invariants_hold(orch, agent_state, expected_commands=accepted)
