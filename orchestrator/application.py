@@ -51,6 +51,8 @@ from projections.runner import ProjectionRunner
 log = logging.getLogger("orchestrator")
 ACCEPT_ATTEMPTS = 20
 CACHE_SIZE = 20_000
+SEED_BATCH = 2_000  # aggregates per transaction when seeding
+SUBMIT_MANY_BATCH = 500  # commands per transaction in submit_many
 SEED_DOMAINS = ("sd-1", "sd-2")
 
 
@@ -251,8 +253,14 @@ class Orchestrator:
 
         Each is validated and takes its locks as if submitted alone, in order, so a later
         one that conflicts with an earlier one is refused; the answer for each is its
-        SubmitResult or the error that refused it. Those accepted are recorded together.
+        SubmitResult or the error that refused it. Those accepted are recorded together,
+        in transactions of up to 500 commands (a larger insert can hang PostgreSQL's driver).
         """
+        if len(requests) > SUBMIT_MANY_BATCH:
+            out: list[SubmitResult | OrchestratorError] = []
+            for start in range(0, len(requests), SUBMIT_MANY_BATCH):
+                out += self.submit_many(requests[start : start + SUBMIT_MANY_BATCH])
+            return out
         for _ in range(ACCEPT_ATTEMPTS):
             unit = InventoryUnit(self)
             batch = _Accepted()
@@ -394,7 +402,7 @@ class Orchestrator:
         for snapshot in self._latest_snapshots(missing):
             found[UUID(str(snapshot.originator_id))] = self.app.mapper.to_domain_event(snapshot).mutate(None)  # type: ignore[attr-defined]
         for stored in self._select_events_after([(i, found[i].version if i in found else 0) for i in ids]):
-            ident = UUID(str(stored.originator_id))
+            ident = stored.originator_id if isinstance(stored.originator_id, UUID) else UUID(stored.originator_id)
             aggregate = found.get(ident)
             if aggregate is None and stored.originator_version == 1:
                 found[ident] = self.app.mapper.to_domain_event(stored).mutate(None)  # type: ignore[attr-defined]
@@ -464,10 +472,16 @@ class Orchestrator:
         """Replay many commands with one query per chunk (recovery loads everything in flight)."""
         out: list[RootCommand] = []
         for start in range(0, len(ids), chunk):
-            stored = self._select_events_of(list(ids[start : start + chunk]))
+            out += self._replay_commands(self._select_events_of(list(ids[start : start + chunk])))
+        return out
+
+    def _replay_commands(self, stored: list[StoredEvent]) -> list[RootCommand]:
+        out: list[RootCommand] = []
+        if stored:
             by_id: dict[UUID, list[StoredEvent]] = {}
             for event in stored:
-                by_id.setdefault(UUID(str(event.originator_id)), []).append(event)
+                ident = event.originator_id if isinstance(event.originator_id, UUID) else UUID(event.originator_id)
+                by_id.setdefault(ident, []).append(event)
             for events in by_id.values():
                 command: Any = None
                 for stored_event in events:
@@ -546,6 +560,6 @@ class Orchestrator:
             agent.backend.seed_storage(SEED_DOMAINS, volumes)  # the agent first: it is the truth
         finally:
             agent.close()
-        if new:
-            self.save(*new)
+        for start in range(0, len(new), SEED_BATCH):  # one huge insert can hang the PostgreSQL driver
+            self.save(*new[start : start + SEED_BATCH])
         return SeedResult(storage_domains=list(SEED_DOMAINS), vms=seeded)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agent.simulator import SimulatedAgent
-from orchestrator.application import Orchestrator
+from orchestrator.application import Orchestrator, SubmitResult
 from orchestrator.config import load_engine_settings
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import CommandStatus, TaskStatus
@@ -109,8 +109,11 @@ class LoopResult:
         return self.commands * DISKS_PER_VM
 
 
-def run_closed_loop(h: Harness, in_flight: int, commands: int) -> LoopResult:
-    """Keep `in_flight` commands in the engine until `commands` have run; one process, no sleeps."""
+def run_closed_loop(h: Harness, in_flight: int, commands: int, *, batched: bool = False) -> LoopResult:
+    """Keep `in_flight` commands in the engine until `commands` have run; one process, no sleeps.
+
+    `batched`: the commands that fit are accepted with one `submit_many` (one transaction)
+    instead of one `submit` (one transaction) each."""
     watch = Stopwatch()
     accepted: list[Any] = []
     accept_seconds = 0.0
@@ -118,7 +121,12 @@ def run_closed_loop(h: Harness, in_flight: int, commands: int) -> LoopResult:
     while len(accepted) < commands or not h.engine.idle:
         room = min(in_flight - len(h.engine.inflight), commands - len(accepted))
         started = time.perf_counter()
-        for _ in range(max(0, room)):
+        if batched and room > 0:
+            requests = [("RemoveVm", {"vm_id": f"vm-{len(accepted) + n:04d}"}) for n in range(1, room + 1)]
+            for result in h.orch.submit_many(requests):
+                assert isinstance(result, SubmitResult), result
+                accepted.append(result.command_id)
+        for _ in range(max(0, room) if not batched else 0):
             vm = f"vm-{len(accepted) + 1:04d}"
             accepted.append(h.orch.submit("RemoveVm", {"vm_id": vm}).command_id)
         accept_seconds += time.perf_counter() - started
@@ -145,12 +153,12 @@ class ThroughputRun:
 
 
 def run_throughput(
-    scratch: Scratch, backend: str, in_flight: int, commands: int, *, check: bool = True
+    scratch: Scratch, backend: str, in_flight: int, commands: int, *, check: bool = True, batched: bool = False
 ) -> ThroughputRun:
     store = scratch.store(backend, f"tp{in_flight}")
     h = open_harness(scratch, store, commands)
     try:
-        loop = run_closed_loop(h, in_flight, commands)
+        loop = run_closed_loop(h, in_flight, commands, batched=batched)
         violations = invariant_violations(h, loop.accepted_ids) if check else []
         succeeded = sum(1 for i in loop.accepted_ids if h.orch.command(i).status is CommandStatus.SUCCEEDED)
         return ThroughputRun(

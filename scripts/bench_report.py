@@ -109,7 +109,7 @@ def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _throughput_table(backends: dict[str, Any]) -> Table:
     t = Table(title="Lifecycle throughput, tasks/s (medians)", show_lines=False)
-    for col in ("store", "in flight", "cmds", "ours", "DBOS", "ours/DBOS", "paired", "DBOS mode", "agent ours/DBOS"):
+    for col in ("store", "in flight", "cmds", "ours", "DBOS", "ours/DBOS", "paired", "batched accepts", "DBOS mode"):
         t.add_column(col, justify="right" if col not in ("store", "DBOS mode") else "left")
     for col in ("ours w/o agent", "DBOS w/o agent", "accept share", "max proj. lag (events)", "invariants"):
         t.add_column(col, justify="right")
@@ -123,8 +123,10 @@ def _throughput_table(backends: dict[str, Any]) -> Table:
                 _f(lv["dbos_tasks_per_second"]),
                 f"{lv['ratio']:.2f}x",
                 f"{paired_ratio(lv):.2f}x",
+                f"{_f(lv['ours_batched_tasks_per_second'])} ({lv['batched_ratio']:.2f}x)"
+                if "batched_ratio" in lv
+                else "-",
                 lv["dbos_mode"],
-                f"{lv['ours_agent_share']:.0%} / {lv['dbos_agent_share']:.0%}",
                 _f(lv["ours_tasks_per_second_without_agent"]),
                 _f(lv["dbos_tasks_per_second_without_agent"]),
                 f"{lv['ours_accept_share']:.0%}",

@@ -18,13 +18,15 @@ def throughput_level(
     scratch: Scratch, backend: str, in_flight: int, commands: int, runs: int, say: Say
 ) -> dict[str, Any]:
     """Ours and DBOS, interleaved run by run, `in_flight` commands at a time."""
-    ours, dbos = [], []
+    ours, batched, dbos = [], [], []
     for run in range(1, runs + 1):
         ours.append(run_throughput(scratch, backend, in_flight, commands))
+        batched.append(run_throughput(scratch, backend, in_flight, commands, batched=True))
         store = scratch.store(backend, "dbos")
         dbos.append(run_dbos(scratch, store, in_flight, commands))
         say(
-            f"{in_flight:>5} in flight, run {run}: ours {ours[-1].tasks_per_second:,.0f} tasks/s, "
+            f"{in_flight:>5} in flight, run {run}: ours {ours[-1].tasks_per_second:,.0f} tasks/s "
+            f"(batched accepts {batched[-1].tasks_per_second:,.0f}), "
             f"DBOS {dbos[-1].tasks_per_second:,.0f} tasks/s ({dbos[-1].mode})"
         )
     ours_rate = median([r.tasks_per_second for r in ours])
@@ -36,6 +38,8 @@ def throughput_level(
         "ours_tasks_per_second": ours_rate,
         "dbos_tasks_per_second": dbos_rate,
         "ratio": ours_rate / dbos_rate,
+        "ours_batched_tasks_per_second": median([r.tasks_per_second for r in batched]),
+        "batched_ratio": median([r.tasks_per_second for r in batched]) / dbos_rate,
         "ours_agent_share": median([r.agent_seconds / r.seconds for r in ours]),
         "dbos_agent_share": median([r.agent_seconds / r.seconds for r in dbos]),
         "ours_accept_share": median([r.accept_seconds / r.seconds for r in ours]),
@@ -47,9 +51,10 @@ def throughput_level(
         "dbos_mode": dbos[0].mode,
         "ours_succeeded": min(r.succeeded for r in ours),
         "dbos_succeeded": min(r.succeeded for r in dbos),
-        "violations": sorted({v for r in ours for v in r.violations}),
+        "violations": sorted({v for r in [*ours, *batched] for v in r.violations}),
         "runs": {
             "ours_tasks_per_second": [r.tasks_per_second for r in ours],
+            "ours_batched_tasks_per_second": [r.tasks_per_second for r in batched],
             "dbos_tasks_per_second": [r.tasks_per_second for r in dbos],
         },
     }

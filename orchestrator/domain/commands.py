@@ -35,7 +35,7 @@ class TaskState:
     child_id: str
     verb: str
     args: dict[str, Any]
-    entities: list[EntityUse]
+    entity_records: list[list[str]]  # [type, id, mode]; parsed when first asked (recovery never asks)
     agent_task_id: str | None = None
     status: TaskStatus = TaskStatus.PLANNED
     end_kind: EndKind | None = None
@@ -45,6 +45,10 @@ class TaskState:
     cleared: bool = False  # cleared on the agent, or never there
     submitted_at: datetime | None = None
     ended_at: datetime | None = None
+
+    @property
+    def entities(self) -> list[EntityUse]:
+        return [EntityUse.from_record(e) for e in self.entity_records]
 
     @property
     def ended(self) -> bool:
@@ -88,6 +92,15 @@ class RootCommand(Aggregate):
         summary: str
         entities: list[list[str]]
         children: list[dict[str, Any]]
+
+        def mutate(self, aggregate: Any) -> Any:
+            """Build the command directly: recovery replays thousands, and the library's
+            generic construction (introspecting __init__ for each) costs more than the rest."""
+            assert aggregate is None
+            command = RootCommand.__new__(RootCommand)
+            command.__base_init__(self.originator_id, self.originator_version, self.timestamp)
+            command.__init__(self.flow, self.params, self.summary, self.entities, self.children)  # type: ignore[misc]
+            return command
 
     class SubmissionStarted(Aggregate.Event):
         """Written by versions before 0.1 (the agent's keys now tell recovery); read, never written."""
@@ -244,7 +257,7 @@ class RootCommand(Aggregate):
                     child_id=child["child_id"],
                     verb=t["verb"],
                     args=dict(t["args"]),
-                    entities=[EntityUse.from_record(e) for e in t["entities"]],
+                    entity_records=t["entities"],
                 )
         self.status = CommandStatus.ACCEPTED
         self.failure_reason: str | None = None
