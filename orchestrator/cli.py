@@ -101,12 +101,24 @@ def _freshness(orch: Orchestrator, name: str) -> ViewFreshness:
 # ---- flows, seed, submit --------------------------------------------------------------------
 
 
+class FlowView(BaseModel):
+    """`flows --json`: a flow and the JSON schema of its parameters."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
 @app.command()
 def flows(as_json: JsonOpt = False) -> None:
     """List the flows and their parameters."""
-    schemas = {name: f.params_model.model_json_schema() for name, f in FLOWS.items()}
     if as_json:
-        sys.stdout.write(json.dumps(schemas, indent=2) + "\n")
+        _print_json(
+            [
+                FlowView(name=name, description=f.description, parameters=f.params_model.model_json_schema())
+                for name, f in FLOWS.items()
+            ]
+        )
         return
     table = Table("flow", "parameters", "what it does")
     for name, flow in FLOWS.items():

@@ -6,6 +6,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
@@ -14,6 +15,24 @@ from projections.views import Projection
 
 if TYPE_CHECKING:
     from orchestrator.application import Orchestrator
+
+
+class ProjectionRebuildView(BaseModel):
+    """`projections rebuild --json`: one rebuilt and swapped-in projection."""
+
+    name: str
+    events: int
+    seconds: float
+    events_per_second: float
+
+
+class ProjectionCheckView(BaseModel):
+    """`projections rebuild --verify --json`: a fresh build compared with the live view."""
+
+    name: str
+    position: int = Field(description="the log position both were compared at")
+    ok: bool
+    differences: list[str]
 
 
 def _progress(console: Console) -> Progress:
@@ -52,17 +71,17 @@ def rebuild_or_verify(
     ok = all(r.ok for r in results if isinstance(r, VerifyResult))
     if as_json:
         doc = [
-            {"name": r.name, "position": r.position, "ok": r.ok, "differences": r.differences}
+            ProjectionCheckView(name=r.name, position=r.position, ok=r.ok, differences=r.differences)
             if isinstance(r, VerifyResult)
-            else {
-                "name": r.name,
-                "events": r.events,
-                "seconds": round(r.seconds, 3),
-                "events_per_second": round(r.events_per_second, 1),
-            }
+            else ProjectionRebuildView(
+                name=r.name,
+                events=r.events,
+                seconds=round(r.seconds, 3),
+                events_per_second=round(r.events_per_second, 1),
+            )
             for r in results
         ]
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(json.dumps([d.model_dump() for d in doc], indent=2) + "\n")
         return ok
     for r in results:
         if isinstance(r, VerifyResult):
