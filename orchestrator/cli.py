@@ -701,6 +701,36 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+# Options of the `orchestrator` group (they go before the sub-command), with whether they take a value.
+GROUP_OPTIONS = {"--store": True, "--agent-state": True, "--verbose": False}
+
+
+def split_group_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ARGV into the group's options (`--store URL` ...) and the sub-command's own arguments."""
+    group: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name in GROUP_OPTIONS:
+            if GROUP_OPTIONS[name] and "=" not in arg and i + 1 < len(argv):
+                group += [arg, argv[i + 1]]
+                i += 2
+                continue
+            group.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return group, rest
+
+
+def main_as(subcommand: list[str], argv: list[str]) -> None:
+    """Run one sub-command as a script of its own: `script --store URL ARGS` = `orchestrator --store URL SUB ARGS`."""
+    group, rest = split_group_options(argv)
+    main([*group, *subcommand, *rest])
+
+
 def _scrub(text: str) -> str:
     try:
         from orchestrator.store import parse_store_url, store_url_from_env

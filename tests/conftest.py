@@ -9,6 +9,7 @@ failure.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from orchestrator.application import Orchestrator
 from orchestrator.config import EngineSettings, load_engine_settings
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.invariants import InvariantResult, check_invariants
+from orchestrator.store import parse_store_url
 
 PG_DSN = os.environ.get("ORCHESTRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES") == "1"
@@ -163,3 +165,26 @@ def invariants_hold(orch: Orchestrator, agent_state: Path, **kwargs: Any) -> Non
         assert_invariants(check_invariants(orch, agent, **kwargs))
     finally:
         agent.close()
+
+
+def store_sql(store_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One statement straight on the store's database (what an operator does with psql or sqlite3)."""
+    config = parse_store_url(store_url)
+    if config.kind == "sqlite":
+        conn = sqlite3.connect(str(config.path), timeout=30)
+        try:
+            with conn:
+                return list(conn.execute(statement, params).fetchall())
+        finally:
+            conn.close()
+    with psycopg.connect(
+        host=config.host,
+        port=config.port,
+        user=config.user,
+        password=config.password.get_secret_value(),
+        dbname=config.dbname,
+        autocommit=True,
+        options=f"-c search_path={config.schema_name}",
+    ) as pg:
+        cur = pg.execute(statement.replace("?", "%s").encode(), params or None)
+        return list(cur.fetchall()) if cur.description else []

@@ -41,6 +41,7 @@ from tests.conftest import (
     pg_schema_url,
     run_cli,
     run_until_idle,
+    store_sql,
     wait_for,
 )
 
@@ -49,29 +50,6 @@ SLOW = {"ORCHESTRATOR_AGENT_TASK_SECONDS": "60"}  # tasks created by the crashed
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def store_sql(store_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """One statement straight on the store's database (an operator's psql / sqlite3)."""
-    config = parse_store_url(store_url)
-    if config.kind == "sqlite":
-        conn = sqlite3.connect(str(config.path), timeout=30)
-        try:
-            with conn:
-                return list(conn.execute(statement, params).fetchall())
-        finally:
-            conn.close()
-    with psycopg.connect(
-        host=config.host,
-        port=config.port,
-        user=config.user,
-        password=config.password.get_secret_value(),
-        dbname=config.dbname,
-        autocommit=True,
-        options=f"-c search_path={config.schema_name}",
-    ) as pg:
-        cur = pg.execute(statement.replace("?", "%s").encode(), params or None)
-        return list(cur.fetchall()) if cur.description else []
 
 
 def engine_env(**extra: str) -> dict[str, str]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
@@ -29,34 +27,21 @@ from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import CommandRefusedError
 from orchestrator.store import parse_store_url
 from projections.views import PROJECTIONS
-from tests.conftest import REPO, cli_env, engine_args, fast_settings, invariants_hold, run_cli, run_until_idle, wait_for
+from tests.conftest import (
+    REPO,
+    cli_env,
+    engine_args,
+    fast_settings,
+    invariants_hold,
+    run_cli,
+    run_until_idle,
+    store_sql,
+    wait_for,
+)
 
 SD, IMAGE, TEMPLATE, VM = EntityType.STORAGE_DOMAIN, EntityType.IMAGE, EntityType.TEMPLATE, EntityType.VM
 ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def store_sql(store_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement directly on the store's database (what an operator with psql/sqlite3 does)."""
-    config = parse_store_url(store_url)
-    if config.kind == "sqlite":
-        conn = sqlite3.connect(str(config.path), timeout=30)
-        try:
-            with conn:
-                return list(conn.execute(statement, params).fetchall())
-        finally:
-            conn.close()
-    with psycopg.connect(
-        host=config.host,
-        port=config.port,
-        user=config.user,
-        password=config.password.get_secret_value(),
-        dbname=config.dbname,
-        autocommit=True,
-        options=f"-c search_path={config.schema_name}",
-    ) as pg:
-        cur = pg.execute(statement.replace("?", "%s").encode(), params or None)
-        return list(cur.fetchall()) if cur.description else []
 
 
 def cli(store_url: str, agent_state: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:

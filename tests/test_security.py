@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from orchestrator.agent.simulator import SimulatedAgent
@@ -23,7 +20,7 @@ from orchestrator.application import Orchestrator
 from orchestrator.domain.inventory import Snapshot, Template
 from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.store import parse_store_url
-from tests.conftest import cli_env, pg_schema_url, run_cli, run_until_idle
+from tests.conftest import cli_env, pg_schema_url, run_cli, run_until_idle, store_sql
 
 SECRET = "s3cret"
 
@@ -38,28 +35,6 @@ def engine_env(**extra: str) -> dict[str, str]:
 
 def everything_said(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout + proc.stderr
-
-
-def store_sql(store_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    config = parse_store_url(store_url)
-    if config.kind == "sqlite":
-        conn = sqlite3.connect(str(config.path), timeout=30)
-        try:
-            with conn:
-                return list(conn.execute(statement, params).fetchall())
-        finally:
-            conn.close()
-    with psycopg.connect(
-        host=config.host,
-        port=config.port,
-        user=config.user,
-        password=config.password.get_secret_value(),
-        dbname=config.dbname,
-        autocommit=True,
-        options=f"-c search_path={config.schema_name}",
-    ) as pg:
-        cur = pg.execute(statement.replace("?", "%s").encode(), params or None)
-        return list(cur.fetchall()) if cur.description else []
 
 
 # ---- credentials ----------------------------------------------------------------------------
