@@ -34,6 +34,10 @@ REQUIRE_PG = os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES") == "1"
 REPO = Path(__file__).resolve().parent.parent
 
 
+# One task per agent create call, so a crash point can fall between two submissions.
+ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
+
+
 def _pg_reachable() -> str | None:
     try:
         with psycopg.connect(PG_DSN, connect_timeout=3):
@@ -165,6 +169,11 @@ def invariants_hold(orch: Orchestrator, agent_state: Path, **kwargs: Any) -> Non
         assert_invariants(check_invariants(orch, agent, **kwargs))
     finally:
         agent.close()
+
+
+def events_table(store_url: str) -> str:
+    """The name of the events table behind a store URL (the library's defaults)."""
+    return "stored_events" if parse_store_url(store_url).kind == "sqlite" else "orchestrator_events"
 
 
 def store_sql(store_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -38,6 +38,7 @@ from tests.conftest import (
     PG_DSN,
     cli_env,
     engine_args,
+    events_table,
     fast_settings,
     invariants_hold,
     run_cli,
@@ -45,14 +46,7 @@ from tests.conftest import (
     store_sql,
 )
 
-ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
-
-
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def events_table(store_url: str) -> str:
-    return "stored_events" if parse_store_url(store_url).kind == "sqlite" else "orchestrator_events"
 
 
 def recorded_events(store_url: str) -> list[tuple[str, int, str, bytes]]:

@@ -19,7 +19,7 @@ from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import Disk, Vm
 from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.inspection import ReadOnlyStore, inspect_store
-from tests.conftest import cli_env, engine_args, invariants_hold, run_cli
+from tests.conftest import ONE_PER_CALL, cli_env, engine_args, invariants_hold, run_cli
 
 FLOWS: list[tuple[str, dict[str, Any]]] = [
     ("RemoveVm", {"vm_id": "vm-0001"}),
@@ -27,7 +27,6 @@ FLOWS: list[tuple[str, dict[str, Any]]] = [
     ("CreateTemplate", {"vm_id": "vm-0001", "name": "golden", "target_storage_domain_id": "sd-2"}),
     ("CreateSnapshot", {"vm_id": "vm-0001", "description": "s"}),
 ]
-ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
 # (crash point, N, extra environment, expected outcome): every named point, and the submission
 # points both batched and with one task per agent call (so a crash lands mid-command). A command
 # whose submission was cut short must fail (G1); every other crash must not change the outcome.

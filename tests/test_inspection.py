@@ -33,10 +33,12 @@ from orchestrator.errors import NotFoundError, StoreError
 from orchestrator.inspection import EXIT_CLEAN, EXIT_NEEDS_RECOVERY
 from orchestrator.store import parse_store_url
 from tests.conftest import (
+    ONE_PER_CALL,
     PG_DSN,
     REPO,
     cli_env,
     engine_args,
+    events_table,
     invariants_hold,
     pg_schema_url,
     run_cli,
@@ -45,7 +47,6 @@ from tests.conftest import (
     wait_for,
 )
 
-ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
 SLOW = {"ORCHESTRATOR_AGENT_TASK_SECONDS": "60"}  # tasks created by the crashed engine run long
 
 
@@ -484,9 +485,7 @@ def test_inspection_changes_nothing_in_the_store_even_while_an_engine_runs(store
         text=True,
     )
     try:
-        recovered = "SELECT COUNT(*) FROM {} WHERE topic LIKE '%RootCommand.Recovered'".format(
-            "stored_events" if parse_store_url(store_url).kind == "sqlite" else "orchestrator_events"
-        )
+        recovered = f"SELECT COUNT(*) FROM {events_table(store_url)} WHERE topic LIKE '%RootCommand.Recovered'"
         # The crashed engine recorded one verdict ("start"); the running one records its own ("resume polling").
         wait_for(lambda: store_sql(store_url, recovered)[0][0] == 2, timeout=30, what="the engine recovered")
         last: list[dict[str, Any]] = [fingerprint(store_url)]

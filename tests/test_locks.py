@@ -28,10 +28,19 @@ from orchestrator.domain.inventory import Disk, Template, Vm
 from orchestrator.domain.model import CommandStatus, EndKind, EntityRef, EntityType, TaskStatus
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import EntityLockedError
-from tests.conftest import REPO, cli_env, engine_args, fast_settings, invariants_hold, run_cli, run_until_idle, wait_for
+from tests.conftest import (
+    ONE_PER_CALL,
+    REPO,
+    cli_env,
+    engine_args,
+    fast_settings,
+    invariants_hold,
+    run_cli,
+    run_until_idle,
+    wait_for,
+)
 
 VM = EntityRef(EntityType.VM, "vm-0001")
-ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
 
 
 def engine_env(**extra: str) -> dict[str, str]:

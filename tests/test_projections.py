@@ -28,9 +28,11 @@ from orchestrator.errors import CommandRefusedError
 from orchestrator.store import parse_store_url
 from projections.views import PROJECTIONS
 from tests.conftest import (
+    ONE_PER_CALL,
     REPO,
     cli_env,
     engine_args,
+    events_table,
     fast_settings,
     invariants_hold,
     run_cli,
@@ -40,7 +42,6 @@ from tests.conftest import (
 )
 
 SD, IMAGE, TEMPLATE, VM = EntityType.STORAGE_DOMAIN, EntityType.IMAGE, EntityType.TEMPLATE, EntityType.VM
-ONE_PER_CALL = {"ORCHESTRATOR_SUBMIT_BATCH": "1"}
 # ---- helpers ---------------------------------------------------------------------------------
 
 
@@ -451,7 +452,7 @@ def invariants_after(store_url: str, agent_state: Path) -> None:
         invariants_hold(orch, agent_state)
 
 
-def test_cli_rebuild_while_the_engine_runs(store_url: str, backend: str, agent_state: Path) -> None:
+def test_cli_rebuild_while_the_engine_runs(store_url: str, agent_state: Path) -> None:
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(4, 2)
         for k in range(1, 5):
@@ -465,9 +466,8 @@ def test_cli_rebuild_while_the_engine_runs(store_url: str, backend: str, agent_s
         text=True,
     )
     try:
-        started = "SELECT COUNT(*) FROM {} WHERE topic LIKE '%RootCommand.TasksSubmitted'".format(
-            "stored_events" if backend == "sqlite" else "orchestrator_events"
-        )  # the engine has opened the store and works (opening one store at the same moment is another bug)
+        # The engine has opened the store and works (opening one store at the same moment is another bug).
+        started = f"SELECT COUNT(*) FROM {events_table(store_url)} WHERE topic LIKE '%RootCommand.TasksSubmitted'"
         wait_for(lambda: store_sql(store_url, started)[0][0] > 0, timeout=30, what="the engine works")
         proc = cli(store_url, agent_state, "projections", "rebuild")
     finally:
