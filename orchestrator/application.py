@@ -418,14 +418,15 @@ class Orchestrator:
             return []
         recorder: Any = self.app.snapshots.recorder
         table = self._qualified(recorder.events_table_name)
-        newest = f"SELECT MAX(originator_version) FROM {table} x WHERE x.originator_id = s.originator_id"
-        latest = f"originator_version = ({newest})"
         if self.config.kind == "sqlite":
             marks = ",".join("?" * len(ids))
-            return self._stored(
-                recorder, f"SELECT * FROM {table} s WHERE originator_id IN ({marks}) AND {latest}", [i.hex for i in ids]
-            )
-        return self._stored(recorder, f"SELECT * FROM {table} s WHERE originator_id = ANY(%s) AND {latest}", [ids])
+            newest = f"SELECT MAX(originator_version) FROM {table} x WHERE x.originator_id = s.originator_id"
+            sql = f"SELECT * FROM {table} s WHERE originator_id IN ({marks}) AND originator_version = ({newest})"
+            return self._stored(recorder, sql, [i.hex for i in ids])
+        # A LATERAL lookup per id, for the same reason as in _select_events_after: use the index.
+        newest_row = f"SELECT * FROM {table} x WHERE x.originator_id = v.id ORDER BY x.originator_version DESC LIMIT 1"
+        sql = f"SELECT s.* FROM unnest(%s::uuid[]) AS v(id) CROSS JOIN LATERAL ({newest_row}) s"
+        return self._stored(recorder, sql, [ids])
 
     def _qualified(self, table: str) -> str:
         return table if self.config.kind == "sqlite" else f'"{self.config.schema_name}"."{table}"'
@@ -446,26 +447,32 @@ class Orchestrator:
                 for r in cursor.fetchall()
             ]
 
-    def _select_events_after(self, versions: list[tuple[UUID, int]], chunk: int = 400) -> list[StoredEvent]:
+    def _select_events_after(self, versions: list[tuple[UUID, int]], chunk: int = 500) -> list[StoredEvent]:
         """Every event of these aggregates after the given versions, in order."""
         recorder: Any = self.app.recorder
         table = self._qualified(recorder.events_table_name)
         columns = "e.originator_id, e.originator_version, e.topic, e.state"
+        order = "ORDER BY e.originator_id, e.originator_version"
         out: list[StoredEvent] = []
         for start in range(0, len(versions), chunk):
             part = versions[start : start + chunk]
             if self.config.kind == "sqlite":
                 values = ",".join("(?, ?)" for _ in part)
                 join = f"JOIN (VALUES {values}) v ON e.originator_id = v.column1 AND e.originator_version > v.column2"
+                sql = f"SELECT {columns} FROM {table} e {join} {order}"
                 params: list[Any] = [x for i, v in part for x in (i.hex, v)]
             else:
-                values = ",".join("(%s::uuid, %s::bigint)" for _ in part)
-                join = (
-                    f"JOIN (VALUES {values}) AS v(id, ver) ON e.originator_id = v.id AND e.originator_version > v.ver"
+                # A LATERAL lookup per id pins the planner to the primary-key index. A join on a
+                # VALUES list lets it pick a hash join over a scan of the whole table (it does so
+                # on a freshly written, not yet analyzed table), so recovery would cost as much as
+                # the history is long rather than as much as is in flight.
+                lookup = f"SELECT * FROM {table} x WHERE x.originator_id = v.id AND x.originator_version > v.ver"
+                sql = (
+                    f"SELECT {columns} FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, ver) "
+                    f"CROSS JOIN LATERAL ({lookup}) e {order}"
                 )
-                params = [x for i, v in part for x in (i, v)]
-            order = "ORDER BY e.originator_id, e.originator_version"
-            out += self._stored(recorder, f"SELECT {columns} FROM {table} e {join} {order}", params)
+                params = [[i for i, _ in part], [v for _, v in part]]
+            out += self._stored(recorder, sql, params)
         return out
 
     def load_commands(self, ids: Sequence[UUID], chunk: int = 500) -> list[RootCommand]:
