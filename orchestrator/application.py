@@ -423,7 +423,8 @@ class Orchestrator:
             newest = f"SELECT MAX(originator_version) FROM {table} x WHERE x.originator_id = s.originator_id"
             sql = f"SELECT * FROM {table} s WHERE originator_id IN ({marks}) AND originator_version = ({newest})"
             return self._stored(recorder, sql, [i.hex for i in ids])
-        # A LATERAL lookup per id, for the same reason as in _select_events_after: use the index.
+        # A LATERAL lookup per id, for the same reason as in _select_events_after: use the index
+        # (LIMIT keeps it from being flattened).
         newest_row = f"SELECT * FROM {table} x WHERE x.originator_id = v.id ORDER BY x.originator_version DESC LIMIT 1"
         sql = f"SELECT s.* FROM unnest(%s::uuid[]) AS v(id) CROSS JOIN LATERAL ({newest_row}) s"
         return self._stored(recorder, sql, [ids])
@@ -440,7 +441,10 @@ class Orchestrator:
                     StoredEvent(UUID(r["originator_id"]), r["originator_version"], r["topic"], r["state"])
                     for r in cursor.fetchall()
                 ]
-        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+        with recorder.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            # Without statistics the planner's cost estimate for these lookups is huge, and
+            # compiling the plan (JIT) would take far longer than running it.
+            cursor.execute("SET LOCAL jit = off")
             cursor.execute(sql, params)
             return [
                 StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
@@ -462,11 +466,14 @@ class Orchestrator:
                 sql = f"SELECT {columns} FROM {table} e {join} {order}"
                 params: list[Any] = [x for i, v in part for x in (i.hex, v)]
             else:
-                # A LATERAL lookup per id pins the planner to the primary-key index. A join on a
-                # VALUES list lets it pick a hash join over a scan of the whole table (it does so
-                # on a freshly written, not yet analyzed table), so recovery would cost as much as
+                # A LATERAL lookup per id pins the planner to the primary-key index; OFFSET 0 keeps
+                # PostgreSQL from flattening it into a plain join. A plain join lets the planner
+                # pick a hash or merge join over the whole table (it does on a table without
+                # statistics: freshly written, autovacuum off), so recovery would cost as much as
                 # the history is long rather than as much as is in flight.
-                lookup = f"SELECT * FROM {table} x WHERE x.originator_id = v.id AND x.originator_version > v.ver"
+                lookup = (
+                    f"SELECT * FROM {table} x WHERE x.originator_id = v.id AND x.originator_version > v.ver OFFSET 0"
+                )
                 sql = (
                     f"SELECT {columns} FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, ver) "
                     f"CROSS JOIN LATERAL ({lookup}) e {order}"

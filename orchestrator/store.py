@@ -30,7 +30,7 @@ from orchestrator.errors import StoreError
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 STORE_ENV_VAR = "ORCHESTRATOR_STORE"
 SCHEMA_VERSION = 1
-LAYOUT_VERSION = "2"  # bump when a table is added: the next open creates what is missing
+LAYOUT_VERSION = "3"  # bump when a table is added: the next open creates what is missing
 META_TABLE = "orchestrator_meta"
 # Tables of ours that may already exist in a store (so not "foreign").
 OWN_TABLE_PREFIXES = ("orchestrator_", "stored_", "tracking", "proj_", "notification_tracking")

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 
 from orchestrator.domain.model import EntityRef
 from projections.db import ViewDatabase
-from projections.views import IN_FLIGHT_ROOTS
 
 RUNNING_STATUSES = ("planned", "running")
 
@@ -150,7 +149,7 @@ class ViewQueries:
 
     def in_flight_root_ids(self) -> list[str]:
         with self.db.read() as cur:
-            cur.execute(f"SELECT command_id FROM proj_commands WHERE {IN_FLIGHT_ROOTS}")
+            cur.execute("SELECT command_id FROM proj_in_flight")
             return [str(r[0]) for r in cur.fetchall()]
 
     def command_entities(self, command_id: str) -> list[tuple[str, str, str]]:

@@ -23,6 +23,8 @@ from projections.db import Cursor
 # Root commands still in flight: not ended, or ended with tasks still to clear. Queries use this
 # exact predicate so the partial index serves them whatever the size of the history.
 IN_FLIGHT_ROOTS = "parent_id IS NULL AND (status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
+# Its negation, for a row of proj_commands: the command has left flight for good.
+OUT_OF_FLIGHT = "status IN ('succeeded', 'failed') AND uncleared_tasks <= 0"
 
 
 # Where each kind of event sits in a command's life. Every event of a command comes no
@@ -178,6 +180,10 @@ class Projection(ABC):
     def apply(self, event: RawEvent, out: StatementBatch, suffix: str) -> None:
         """Append the statements that apply one event to the tables."""
 
+    def backfill_statements(self) -> list[str]:
+        """Fill a table added to an existing store from the others (run when the layout changes)."""
+        return []
+
     def key_columns(self, table: str) -> str:
         """Column list used to order rows when comparing copies."""
         return "1"
@@ -300,8 +306,15 @@ class ActiveTasksProjection(Projection):
 
 
 class CommandsProjection(Projection):
+    """Commands and the entities they declared, and the set of root commands in flight.
+
+    `proj_in_flight` is what recovery reads: a table of only the roots in flight, so
+    finding them costs what is in flight, whatever the size of the history and whether or
+    not PostgreSQL has statistics for (or has vacuumed) the much larger `proj_commands`.
+    """
+
     name = "commands"
-    tables = ("proj_commands", "proj_command_entities")
+    tables = ("proj_commands", "proj_command_entities", "proj_in_flight")
 
     def create_statements(self, suffix: str) -> list[str]:
         return [
@@ -313,6 +326,7 @@ class CommandsProjection(Projection):
             f"CREATE TABLE IF NOT EXISTS proj_command_entities{suffix} ("
             " entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, command_id TEXT NOT NULL,"
             " mode TEXT NOT NULL, PRIMARY KEY (entity_type, entity_id, command_id))",
+            f"CREATE TABLE IF NOT EXISTS proj_in_flight{suffix} (command_id TEXT PRIMARY KEY)",
         ]
 
     def index_statements(self, suffix: str, index_suffix: str) -> list[str]:
@@ -326,9 +340,28 @@ class CommandsProjection(Projection):
         ]
 
     def key_columns(self, table: str) -> str:
-        return "command_id" if table.startswith("proj_commands") else "entity_type, entity_id, command_id"
+        return "entity_type, entity_id, command_id" if table.startswith("proj_command_entities") else "command_id"
+
+    def backfill_statements(self) -> list[str]:
+        return [
+            "INSERT INTO proj_in_flight SELECT command_id FROM proj_commands c WHERE"
+            f" {IN_FLIGHT_ROOTS} AND NOT EXISTS (SELECT 1 FROM proj_in_flight f WHERE f.command_id = c.command_id)"
+        ]
 
     def apply(self, event: RawEvent, out: StatementBatch, suffix: str) -> None:
+        self._apply_commands(event, out, suffix)
+        f = f"proj_in_flight{suffix}"
+        if event.kind == "Accepted":
+            out.insert(f, str(event.originator_id))
+        elif event.kind in ("FailureDecided", "TasksRefused", "Ended", "TasksCleared"):
+            # After this event's own updates (same rank, later group): leave once ended and cleared.
+            out.keyed(
+                f"DELETE FROM {f} WHERE command_id IN"
+                f" (SELECT command_id FROM proj_commands{suffix} WHERE command_id {{match}} AND {OUT_OF_FLIGHT})",
+                str(event.originator_id),
+            )
+
+    def _apply_commands(self, event: RawEvent, out: StatementBatch, suffix: str) -> None:
         c, ce = f"proj_commands{suffix}", f"proj_command_entities{suffix}"
         root = str(event.originator_id)
         if event.kind == "Accepted":

@@ -25,7 +25,7 @@ from orchestrator.domain.inventory import StorageDomain
 from orchestrator.domain.model import CommandStatus, EntityRef, EntityType, TaskStatus
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import CommandRefusedError
-from orchestrator.store import parse_store_url
+from orchestrator.store import META_TABLE, parse_store_url
 from projections.views import PROJECTIONS
 from tests.conftest import (
     ONE_PER_CALL,
@@ -267,6 +267,7 @@ def views_tell_what_the_log_tells(orch: Orchestrator, command_id: str) -> None:
     assert (root.status, root.task_count) == (command.status.value, len(command.tasks))
     assert root.uncleared_tasks == len(uncleared)
     assert {c for c in rows if c != command_id} == set(command.children) - {command_id}  # a lone child is the root
+    assert (command_id in orch.queries.in_flight_root_ids()) == command.in_flight
     active = {a.task_id: a for a in orch.queries.active_tasks(command_id)}
     assert set(active) == {t.task_id for t in uncleared}
     for task in uncleared:
@@ -605,3 +606,22 @@ def test_rebuild_script_rebuilds_and_verifies(store_url: str, orch: Orchestrator
     verified = _script("rebuild_projections.py", "--store", store_url, "--verify")
     assert verified.returncode == 0, verified.stderr[-2000:]
     assert "equal to a rebuild from the log" in verified.stdout
+
+
+def test_in_flight_table_holds_exactly_the_commands_in_flight_and_is_filled_on_upgrade(
+    store_url: str, orch: Orchestrator, agent: SimulatedAgent
+) -> None:
+    """Recovery reads `proj_in_flight`; a store from before that table gets it filled on the next open."""
+    orch.seed(3, 2)
+    ended = [str(orch.submit("RemoveVm", {"vm_id": f"vm-000{n}"}).command_id) for n in (1, 2)]
+    run_until_idle(orch, agent)
+    waiting = str(orch.submit("RemoveVm", {"vm_id": "vm-0003"}).command_id)
+    orch.projections.catch_up()
+    assert orch.queries.in_flight_root_ids() == [waiting]
+    assert all(not orch.command(c).in_flight for c in ended)
+    orch.close()
+    store_sql(store_url, "DROP TABLE proj_in_flight")  # as a store of layout 2 was
+    store_sql(store_url, f"UPDATE {META_TABLE} SET value = '2' WHERE key = 'layout'")
+    with Orchestrator.open(store_url, agent_state=orch.agent_state, create=False) as upgraded:
+        assert upgraded.queries.in_flight_root_ids() == [waiting]
+        assert_projections_true(upgraded)
