@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from orchestrator.domain.model import EntityRef
 from projections.db import ViewDatabase
+from projections.views import IN_FLIGHT
 
 RUNNING_STATUSES = ("planned", "running")
 
@@ -136,7 +137,7 @@ class ViewQueries:
             )
             params += [entity.type.value, entity.id]
         if in_flight:
-            where.append("(c.status NOT IN ('succeeded', 'failed') OR c.uncleared_tasks > 0)")
+            where.append(IN_FLIGHT)
         if not include_children:
             where.append("c.parent_id IS NULL")
         sql = "SELECT c.* FROM proj_commands c"

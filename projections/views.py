@@ -20,11 +20,11 @@ from typing import Any
 from orchestrator.domain.model import LockMode
 from projections.db import Cursor
 
-# Root commands still in flight: not ended, or ended with tasks still to clear. Queries use this
-# exact predicate so the partial index serves them whatever the size of the history.
-IN_FLIGHT_ROOTS = "parent_id IS NULL AND (status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
-# Its negation, for a row of proj_commands: the command has left flight for good.
-OUT_OF_FLIGHT = "status IN ('succeeded', 'failed') AND uncleared_tasks <= 0"
+# A row of proj_commands still in flight: not ended, or ended with tasks still to clear.
+IN_FLIGHT = "(status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
+OUT_OF_FLIGHT = f"NOT {IN_FLIGHT}"  # both columns are NOT NULL: a plain negation
+# The partial index's predicate (its text must stay as stores created it) and the backfill's.
+IN_FLIGHT_ROOTS = f"parent_id IS NULL AND {IN_FLIGHT}"
 
 
 # Where each kind of event sits in a command's life. Every event of a command comes no
