@@ -8,7 +8,6 @@ manager that executes accepted commands.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +15,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
-from eventsourcing.persistence import IntegrityError, Mapper, MapperDeserialisationError, PersistenceError, StoredEvent
-from eventsourcing.utils import TopicError, get_topic
+from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
 from orchestrator.agent.simulator import SimulatedAgent, default_agent_state_path
@@ -31,97 +29,29 @@ from orchestrator.domain.inventory import (
     StorageDomain,
     Vm,
 )
-from orchestrator.domain.model import EntityRef, EntityType, entity_aggregate_id
+from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.errors import (
     CommandRefusedError,
     DuplicateCommandError,
     EntityLockedError,
     NotFoundError,
     OrchestratorError,
-    StoreError,
-    damaged_event,
+    SeedConflictError,
 )
 from orchestrator.flows import get_flow
 from orchestrator.flows.base import Flow, FlowParams, PlanContext
-from orchestrator.store import StoreConfig, parse_store_url, store_layout, store_url_from_env
+from orchestrator.store import EventStore, StoreConfig, dialect_for, parse_store_url, store_layout, store_url_from_env
+from orchestrator.store.unit_of_work import InventoryUnit
 from projections.db import ViewDatabase
 from projections.queries import ViewQueries
 from projections.runner import ProjectionRunner
 
 log = logging.getLogger("orchestrator")
 ACCEPT_ATTEMPTS = 20
-CACHE_SIZE = 20_000
+CLIENT_STAMP = {"phase": "client"}  # events written by a user's call (submit, cancel), not by an engine
 SEED_BATCH = 2_000  # aggregates per transaction when seeding
 SUBMIT_MANY_BATCH = 500  # commands per transaction in submit_many
 SEED_DOMAINS = ("sd-1", "sd-2")
-
-
-class CheckedMapper(Mapper[UUID]):
-    """Turns an unreadable stored event into one clear error (the history is never guessed at)."""
-
-    def to_domain_event(self, stored_event: StoredEvent) -> Any:
-        try:
-            return super().to_domain_event(stored_event)
-        except TopicError as exc:
-            detail = f"an event kind this version does not know ({str(exc).splitlines()[0][:80]})"
-        except MapperDeserialisationError as exc:
-            detail = str(exc.__cause__ or exc).splitlines()[0][:120]
-        raise damaged_event(stored_event.originator_id, stored_event.originator_version, stored_event.topic, detail)
-
-
-class OrchestratorApp(Application[UUID]):
-    """The event-sourced application: one event store, one notification log."""
-
-    name = "Orchestrator"
-    # Entities live long and every command locks some: snapshots keep them quick to load.
-    snapshotting_intervals = {cls: 100 for cls in ENTITY_CLASSES.values()}
-
-    def construct_mapper(self) -> Mapper[UUID]:
-        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=CheckedMapper)
-
-
-def registered_topics() -> list[str]:
-    return [get_topic(cls.Registered) for cls in ENTITY_CLASSES.values()]
-
-
-class InventoryUnit:
-    """The inventory entities one transaction reads and changes (a unit of work)."""
-
-    def __init__(self, orch: Orchestrator) -> None:
-        self.orch = orch
-        self.app = orch.app
-        self.entities: dict[EntityRef, InventoryEntity] = {}
-
-    def prefetch(self, refs: Iterable[EntityRef]) -> None:
-        """Load many entities with one query (cached ones are brought up to date in bulk)."""
-        wanted = {entity_aggregate_id(r): r for r in refs if r not in self.entities and r.type in ENTITY_CLASSES}
-        for ident, aggregate in self.orch.load_aggregates(list(wanted)).items():
-            assert isinstance(aggregate, InventoryEntity)
-            self.entities[wanted[ident]] = aggregate
-
-    def get(self, ref: EntityRef) -> InventoryEntity | None:
-        if ref not in self.entities:
-            if ref.type not in ENTITY_CLASSES:
-                return None
-            try:
-                entity: object = self.app.repository.get(entity_aggregate_id(ref))
-            except AggregateNotFoundError:
-                return None
-            assert isinstance(entity, InventoryEntity)
-            self.entities[ref] = entity
-        return self.entities[ref]
-
-    def add(self, entity: InventoryEntity) -> None:
-        self.entities[entity.ref] = entity
-
-    def touched(self) -> list[InventoryEntity]:
-        return [e for e in self.entities.values() if e.pending_events]
-
-    def release_locks(self, command: RootCommand) -> None:
-        for use in command.entities:
-            entity = self.get(use.ref)
-            if entity is not None:
-                entity.release_lock(str(command.id))
 
 
 @dataclass
@@ -154,12 +84,20 @@ class SeedResult(BaseModel):
     vms: list[SeededVm]
 
 
+class CancelResult(BaseModel):
+    """The answer to `cancel`."""
+
+    command_id: UUID
+    requested: bool  # False: a cancel had already been requested
+    reason: str  # the reason on record
+
+
 @dataclass
 class Orchestrator:
-    """The embedded orchestrator over one store and one (simulated) agent."""
+    """The embedded orchestrator over one store and one (simulated) agent: the service layer."""
 
     config: StoreConfig
-    app: OrchestratorApp
+    store: EventStore
     views: ViewDatabase
     projections: ProjectionRunner
     queries: ViewQueries
@@ -173,29 +111,18 @@ class Orchestrator:
 
     @classmethod
     def _open(cls, config: StoreConfig, agent_state: Path | None, *, create_tables: bool) -> Orchestrator:
-        env = {
-            **config.eventsourcing_env(),
-            # Cached aggregates are fast-forwarded with new events on every get, and handed
-            # out without a copy: whoever changes one and fails to save it must `forget` it.
-            "AGGREGATE_CACHE_MAXSIZE": str(CACHE_SIZE),
-            "AGGREGATE_CACHE_FASTFORWARD": "y",
-            "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
-            "CREATE_TABLE": "y" if create_tables else "n",
-        }
-        try:
-            app = OrchestratorApp(env=env)
-        except PersistenceError as exc:
-            raise StoreError(f"cannot open {config.redacted}: {config.scrub(str(exc))}") from None
+        events = EventStore.open(config, dialect_for(config), create_tables=create_tables)
         views = ViewDatabase(config)
-        runner = ProjectionRunner(views, app.recorder, app.mapper)
+        runner = ProjectionRunner(views, events.recorder, events.app.mapper)
         if create_tables:
             runner.ensure_tables()
+            _upgrade_in_flight_index(events, views, runner)
         state = agent_state or default_agent_state_path(config.path)
-        return cls(config, app, views, runner, ViewQueries(views), state)
+        return cls(config, events, views, runner, ViewQueries(views), state)
 
     def close(self) -> None:
         self.views.close()
-        self.app.close()
+        self.store.close()
 
     def __enter__(self) -> Orchestrator:
         return self
@@ -203,17 +130,21 @@ class Orchestrator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def app(self) -> Any:
+        return self.store.app
+
+    def save(self, *aggregates: Any) -> None:
+        self.store.save(*aggregates, stamp=CLIENT_STAMP)
+
     def forget(self, ids: Iterable[UUID] | None = None) -> None:
-        """Drop cached aggregates (all, or these) after a change that was not saved."""
-        cache: Any = self.app.repository.cache
-        if cache is None:
-            return
-        if ids is None:
-            self.app.repository.cache = LRUCache(maxsize=CACHE_SIZE)
-            return
-        for ident in ids:
-            with contextlib.suppress(KeyError):
-                cache.get(ident, evict=True)
+        self.store.forget(ids)
+
+    def load_aggregates(self, ids: list[UUID]) -> dict[UUID, Any]:
+        return self.store.load_aggregates(ids)
+
+    def load_commands(self, ids: Sequence[UUID]) -> list[RootCommand]:
+        return self.store.load_commands(ids)
 
     def open_agent(self) -> SimulatedAgent:
         return SimulatedAgent.open(self.agent_state)
@@ -236,7 +167,7 @@ class Orchestrator:
             existing = self._existing_command(command_id) if check_existing else None
             if existing is not None:
                 return self._duplicate(existing, flow.name, parsed.model_dump(mode="json"))
-            unit = InventoryUnit(self)
+            unit = InventoryUnit(self.store)
             result = self._accept_into(unit, flow, parsed, command_id)
             if self._save_unit(result.commands, unit):
                 crash_point("after_accept")
@@ -262,7 +193,7 @@ class Orchestrator:
                 out += self.submit_many(requests[start : start + SUBMIT_MANY_BATCH])
             return out
         for _ in range(ACCEPT_ATTEMPTS):
-            unit = InventoryUnit(self)
+            unit = InventoryUnit(self.store)
             batch = _Accepted()
             for flow_name, params in requests:
                 try:
@@ -316,9 +247,8 @@ class Orchestrator:
         return True
 
     def _existing_command(self, command_id: UUID) -> RootCommand | None:
-        try:
-            command: object = self.app.repository.get(command_id)
-        except AggregateNotFoundError:
+        command = self.store.get(command_id)
+        if command is None:
             return None
         if not isinstance(command, RootCommand):
             raise DuplicateCommandError(f"id {command_id} is already used by something that is not a command")
@@ -356,196 +286,43 @@ class Orchestrator:
             ident = command_id if isinstance(command_id, UUID) else UUID(str(command_id))
         except ValueError:
             raise NotFoundError(f"{command_id!r} is not a command id (a UUID)") from None
-        try:
-            command: object = self.app.repository.get(ident, version=version)
-        except AggregateNotFoundError:
-            raise NotFoundError(f"no command {ident} in {self.config.redacted}") from None
+        command = self.store.get(ident, version=version)
+        if command is None:
+            raise NotFoundError(f"no command {ident} in {self.config.redacted}")
         if not isinstance(command, RootCommand):
             raise NotFoundError(f"{ident} is not a command")
         return command
 
-    def save(self, *aggregates: Any) -> None:
-        """Record every pending event of these aggregates in one transaction, then snapshots.
-
-        The same as `Application.save` minus its per-object runtime protocol checks,
-        which cost more than the insert itself when a cycle saves thousands of aggregates.
-        """
-        events: list[Any] = []
-        snapshots: list[tuple[UUID, int]] = []
-        for aggregate in aggregates:
-            collected = aggregate.collect_events()
-            events.extend(collected)
-            interval = self.app.snapshotting_intervals.get(type(aggregate))
-            if interval:
-                due = [e.originator_version for e in collected if e.originator_version % interval == 0]
-                snapshots += [(aggregate.id, version) for version in due]
-        if events:
-            self.app.events.put(events)
-        for ident, version in snapshots:
-            self.app.take_snapshot(ident, version=version)
-
-    def load_aggregates(self, ids: list[UUID]) -> dict[UUID, Any]:
-        """Aggregates by id, in two queries whatever their number.
-
-        Cached aggregates are brought up to date, the others start from their latest
-        snapshot (one query for all of them); then one query fetches every event after
-        those versions. Newly loaded aggregates go into the cache.
-        """
-        cache: Any = self.app.repository.cache
-        found: dict[UUID, Any] = {}
-        missing: list[UUID] = []
-        for ident in ids:
-            try:
-                found[ident] = cache.get(ident)
-            except KeyError:
-                missing.append(ident)
-        for snapshot in self._latest_snapshots(missing):
-            found[UUID(str(snapshot.originator_id))] = self.app.mapper.to_domain_event(snapshot).mutate(None)  # type: ignore[attr-defined]
-        for stored in self._select_events_after([(i, found[i].version if i in found else 0) for i in ids]):
-            ident = stored.originator_id if isinstance(stored.originator_id, UUID) else UUID(stored.originator_id)
-            aggregate = found.get(ident)
-            if aggregate is None and stored.originator_version == 1:
-                found[ident] = self.app.mapper.to_domain_event(stored).mutate(None)  # type: ignore[attr-defined]
-            elif aggregate is not None and stored.originator_version == aggregate.version + 1:
-                self.app.mapper.to_domain_event(stored).mutate(aggregate)  # type: ignore[attr-defined]
-        for ident in missing:
-            if ident in found:
-                cache.put(ident, found[ident])
-        return found
-
-    def _latest_snapshots(self, ids: list[UUID]) -> list[StoredEvent]:
-        if not ids or self.app.snapshots is None:
-            return []
-        recorder: Any = self.app.snapshots.recorder
-        table = self._qualified(recorder.events_table_name)
-        if self.config.kind == "sqlite":
-            marks = ",".join("?" * len(ids))
-            newest = f"SELECT MAX(originator_version) FROM {table} x WHERE x.originator_id = s.originator_id"
-            sql = f"SELECT * FROM {table} s WHERE originator_id IN ({marks}) AND originator_version = ({newest})"
-            return self._stored(recorder, sql, [i.hex for i in ids])
-        # A LATERAL lookup per id, for the same reason as in _select_events_after: use the index
-        # (LIMIT keeps it from being flattened).
-        newest_row = f"SELECT * FROM {table} x WHERE x.originator_id = v.id ORDER BY x.originator_version DESC LIMIT 1"
-        sql = f"SELECT s.* FROM unnest(%s::uuid[]) AS v(id) CROSS JOIN LATERAL ({newest_row}) s"
-        return self._stored(recorder, sql, [ids])
-
-    def _qualified(self, table: str) -> str:
-        return table if self.config.kind == "sqlite" else f'"{self.config.schema_name}"."{table}"'
-
-    def _stored(self, recorder: Any, sql: str, params: list[Any]) -> list[StoredEvent]:
-        """Run a SELECT of stored-event rows with the recorder's own connections."""
-        if self.config.kind == "sqlite":
-            with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(sql, params)
-                return [
-                    StoredEvent(UUID(r["originator_id"]), r["originator_version"], r["topic"], r["state"])
-                    for r in cursor.fetchall()
-                ]
-        with recorder.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            # Without statistics the planner's cost estimate for these lookups is huge, and
-            # compiling the plan (JIT) would take far longer than running it.
-            cursor.execute("SET LOCAL jit = off")
-            cursor.execute(sql, params)
-            return [
-                StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"]))
-                for r in cursor.fetchall()
-            ]
-
-    def _select_events_after(self, versions: list[tuple[UUID, int]], chunk: int = 500) -> list[StoredEvent]:
-        """Every event of these aggregates after the given versions, in order."""
-        recorder: Any = self.app.recorder
-        table = self._qualified(recorder.events_table_name)
-        columns = "e.originator_id, e.originator_version, e.topic, e.state"
-        order = "ORDER BY e.originator_id, e.originator_version"
-        out: list[StoredEvent] = []
-        for start in range(0, len(versions), chunk):
-            part = versions[start : start + chunk]
-            if self.config.kind == "sqlite":
-                values = ",".join("(?, ?)" for _ in part)
-                join = f"JOIN (VALUES {values}) v ON e.originator_id = v.column1 AND e.originator_version > v.column2"
-                sql = f"SELECT {columns} FROM {table} e {join} {order}"
-                params: list[Any] = [x for i, v in part for x in (i.hex, v)]
-            else:
-                # A LATERAL lookup per id pins the planner to the primary-key index; OFFSET 0 keeps
-                # PostgreSQL from flattening it into a plain join. A plain join lets the planner
-                # pick a hash or merge join over the whole table (it does on a table without
-                # statistics: freshly written, autovacuum off), so recovery would cost as much as
-                # the history is long rather than as much as is in flight.
-                lookup = (
-                    f"SELECT * FROM {table} x WHERE x.originator_id = v.id AND x.originator_version > v.ver OFFSET 0"
-                )
-                sql = (
-                    f"SELECT {columns} FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, ver) "
-                    f"CROSS JOIN LATERAL ({lookup}) e {order}"
-                )
-                params = [[i for i, _ in part], [v for _, v in part]]
-            out += self._stored(recorder, sql, params)
-        return out
-
-    def load_commands(self, ids: Sequence[UUID], chunk: int = 500) -> list[RootCommand]:
-        """Replay many commands with one query per chunk (recovery loads everything in flight)."""
-        out: list[RootCommand] = []
-        for start in range(0, len(ids), chunk):
-            out += self._replay_commands(self._select_events_of(list(ids[start : start + chunk])))
-        return out
-
-    def _replay_commands(self, stored: list[StoredEvent]) -> list[RootCommand]:
-        out: list[RootCommand] = []
-        if stored:
-            by_id: dict[UUID, list[StoredEvent]] = {}
-            for event in stored:
-                ident = event.originator_id if isinstance(event.originator_id, UUID) else UUID(event.originator_id)
-                by_id.setdefault(ident, []).append(event)
-            for events in by_id.values():
-                command: Any = None
-                for stored_event in events:
-                    command = self.app.mapper.to_domain_event(stored_event).mutate(command)  # type: ignore[attr-defined]
-                if isinstance(command, RootCommand):
-                    out.append(command)
-        return out
-
-    def _select_events_of(self, ids: list[UUID]) -> list[StoredEvent]:
-        return self._select_events_after([(i, 0) for i in ids])
-
-    def request_cancel(self, command_id: UUID | str, reason: str = "cancelled by user") -> RootCommand:
+    def request_cancel(self, command_id: UUID | str, reason: str = "cancelled by user") -> CancelResult:
+        """Record a cancel (refused once the command's end action has begun, or it has ended)."""
         for _ in range(ACCEPT_ATTEMPTS):
             command = self.command(command_id)
-            if command.ended:
-                raise CommandRefusedError(f"command {command.id} has already ended ({command.status.value})")
-            command.request_cancel(reason)
             try:
-                self.save(command)
+                recorded = command.request_cancel(reason)
+                if recorded:
+                    self.save(command)
             except IntegrityError:
                 self.forget([command.id])  # the cached copy holds the unsaved change: read afresh
                 continue
-            return command
+            except BaseException:
+                self.forget([command.id])
+                raise
+            assert command.cancel_reason is not None
+            return CancelResult(command_id=command.id, requested=recorded, reason=command.cancel_reason)
         raise CommandRefusedError("the command kept changing; try again")
 
     # ---- inventory -------------------------------------------------------------------------
 
     def entity(self, ref: EntityRef) -> InventoryEntity | None:
-        return InventoryUnit(self).get(ref)
+        return InventoryUnit(self.store).get(ref)
 
     def entity_ids(self) -> Iterator[UUID]:
-        position = 0
-        topics = registered_topics()
-        while True:
-            page = self.app.recorder.select_notifications(
-                start=position, limit=1000, topics=topics, inclusive_of_start=False
-            )
-            for n in page:
-                yield UUID(str(n.originator_id))
-            if len(page) < 1000:
-                return
-            position = page[-1].id
+        return self.store.originators(registered_topics())
 
     def inventory(self) -> list[InventoryEntity]:
-        out = []
-        for ident in dict.fromkeys(self.entity_ids()):
-            entity: object = self.app.repository.get(ident)
-            assert isinstance(entity, InventoryEntity)
-            out.append(entity)
-        return out
+        ids = list(dict.fromkeys(self.entity_ids()))
+        loaded = self.store.load_aggregates(ids)
+        return [loaded[i] for i in ids if isinstance(loaded.get(i), InventoryEntity)]
 
     def seed(self, vms: int, disks: int, status: str = "up") -> SeedResult:
         """Create storage domains, VMs and their disks, here and on the simulated agent."""
@@ -571,9 +348,45 @@ class Orchestrator:
             seeded.append(SeededVm(vm_id=vm_id, disk_ids=disk_ids))
         agent = self.open_agent()
         try:
-            agent.backend.seed_storage(SEED_DOMAINS, volumes)  # the agent first: it is the truth
+            # The agent first (it is the truth), all or nothing and tagged, so that a seed that
+            # loses the race for the store can take back exactly what it added.
+            token = uuid4().hex
+            clashes = agent.backend.seed_storage(SEED_DOMAINS, volumes, token)
+            if clashes:
+                raise SeedConflictError(
+                    f"another seed ran at the same time ({len(clashes)} of these volumes, e.g. {clashes[0]}, are "
+                    "already on the agent); nothing was added; run the seed again"
+                )
+            saved = 0
+            try:
+                for start in range(0, len(new), SEED_BATCH):  # one huge insert can hang the PostgreSQL driver
+                    self.save(*new[start : start + SEED_BATCH])
+                    saved += len(new[start : start + SEED_BATCH])
+            except BaseException as exc:
+                self.forget(e.id for e in new)
+                unsaved = [v for e in new[saved:] if isinstance(e, Disk) for v in e.volumes]
+                agent.backend.unseed(token, unsaved)
+                if isinstance(exc, IntegrityError):
+                    kept = f"; {saved} entities were recorded before it" if saved else "; nothing was added"
+                    raise SeedConflictError(f"another seed ran at the same time{kept}; run the seed again") from None
+                raise
         finally:
             agent.close()
-        for start in range(0, len(new), SEED_BATCH):  # one huge insert can hang the PostgreSQL driver
-            self.save(*new[start : start + SEED_BATCH])
         return SeedResult(storage_domains=list(SEED_DOMAINS), vms=seeded)
+
+
+def registered_topics() -> list[str]:
+    return [get_topic(cls.Registered) for cls in ENTITY_CLASSES.values()]
+
+
+def _upgrade_in_flight_index(events: EventStore, views: ViewDatabase, runner: ProjectionRunner) -> None:
+    """A store of layout 3 kept its commands in flight in a read model; the store keeps them now."""
+    if not events.has_table("proj_in_flight"):
+        return
+    runner.catch_up()
+    with views.read() as cur:
+        cur.execute("SELECT command_id FROM proj_in_flight")
+        ids = [UUID(str(r[0])) for r in cur.fetchall()]
+    events.fill_in_flight(ids)
+    with views.write() as cur:
+        cur.execute("DROP TABLE proj_in_flight")

@@ -25,11 +25,11 @@ from typer.exceptions import TyperException
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
 from orchestrator.domain.inventory import Disk, InventoryEntity, Snapshot, StorageDomain, Template, Vm
 from orchestrator.domain.model import EntityRef
 from orchestrator.engine.lease import EngineLease
-from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import AgentUnavailableError, InputError, OrchestratorError, StoreError
 from orchestrator.flows import FLOWS
 from orchestrator.render import command_detail, commands_table
@@ -177,8 +177,11 @@ def submit(
 def cancel(command_id: str, reason: str = "cancelled by user") -> None:
     """Ask the engine to cancel a command: running tasks are stopped, the rest never start."""
     with _open() as orch:
-        command = orch.request_cancel(command_id, reason)
-    out.print(f"cancel requested for {command.id}")
+        result = orch.request_cancel(command_id, reason)
+    if result.requested:
+        out.print(f"cancel requested for {result.command_id}")
+    else:
+        out.print(f"cancel was already requested for {result.command_id} (reason: {result.reason})")
 
 
 # ---- the engine -----------------------------------------------------------------------------
@@ -223,12 +226,24 @@ def run(
         )
         agent = orch.open_agent()
         try:
-            engine = TaskManager(orch, agent, settings, update_projections=not no_projections)
+            engine = build_engine(orch, agent, settings, update_projections=not no_projections)
             started = time.monotonic()
             report = engine.recover(stop.is_set)
-            log.info("recovered %d command(s) in %.2fs", len(report.decisions), time.monotonic() - started)
-            engine.run(stop, until_idle=until_idle)
+            if report.gave_up:
+                log.warning(
+                    "gave up waiting for the agent after %.2fs (%s); recovery decided nothing",
+                    time.monotonic() - started,
+                    engine.agent_trouble or "stopped",
+                )
+            else:
+                log.info("recovered %d command(s) in %.2fs", len(report.decisions), time.monotonic() - started)
+                engine.run(stop, until_idle=until_idle)
             if timed_out.is_set():
+                if report.gave_up:
+                    raise AgentUnavailableError(
+                        f"gave up after {timeout:g}s waiting for the agent ({engine.agent_trouble or 'no answer'}); "
+                        "recovery decided nothing; run again when the agent is back"
+                    )
                 if engine.agent_trouble:
                     raise AgentUnavailableError(
                         f"gave up after {timeout:g}s with {len(engine.inflight)} command(s) in flight; agent: "

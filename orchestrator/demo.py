@@ -30,10 +30,10 @@ from rich.table import Table
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
 from orchestrator.domain.inventory import Vm
 from orchestrator.domain.model import EntityRef, EntityType
-from orchestrator.engine.task_manager import TaskManager
 from orchestrator.inspection import ReadOnlyStore, inspect_store
 from orchestrator.invariants import check_invariants
 from orchestrator.render import styled
@@ -83,7 +83,7 @@ def _run(orch: Orchestrator, store: str, agent_state: Path, console: Console) ->
     ]
     total = sum(s.tasks for s in submitted)
     agent = SimulatedAgent.open(agent_state, task_seconds=0.5)
-    engine = TaskManager(orch, agent, load_engine_settings(poll_interval=0.1))
+    engine = build_engine(orch, agent, load_engine_settings(poll_interval=0.1))
     engine.recover()
     ended = 0
     with Progress(

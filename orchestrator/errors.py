@@ -47,6 +47,10 @@ class DuplicateCommandError(CommandRefusedError):
     pass
 
 
+class SeedConflictError(CommandRefusedError):
+    """Another seed wrote the same entities at the same time; this one left nothing behind."""
+
+
 class NotFoundError(OrchestratorError):
     exit_code = 6
 

@@ -2,10 +2,12 @@
 
 Strictly read-only. It opens the store read-only (SQLite `mode=ro`; on
 PostgreSQL only SELECTs, which take no lock that blocks the engine's writes),
-creates no table, writes no projection, replays every root command from its
-events, and applies the same `decide` function recovery applies. With the
-agent, orphans, vanished tasks and tasks that ended meanwhile are found; without
-it, the verdicts that depend on the agent are marked provisional.
+creates no table, writes no projection, replays the root commands in flight
+(those recovery would load, so it costs what is in flight, not what the
+history holds), reads the agent's tasks without changing the agent's state, and
+applies the same `decide` function recovery applies. With the agent, orphans,
+vanished tasks and tasks that ended meanwhile are found; without it, the
+verdicts that depend on the agent are marked provisional.
 
 Exit codes: 0 nothing needs recovery; 20 some command is in flight (the
 verdicts say what recovery would do); the CLI's error codes otherwise
@@ -14,27 +16,27 @@ verdicts say what recovery would do); the CLI's error codes otherwise
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.agent.simulator import SimulatedAgent, default_agent_state_path
-from orchestrator.application import OrchestratorApp
+from orchestrator.agent.interface import parse_statuses
+from orchestrator.agent.simulator import SimulatedAgentBackend, default_agent_state_path
 from orchestrator.domain.commands import RootCommand
-from orchestrator.domain.recovery import AgentView, Decision, Verdict, decide
-from orchestrator.errors import AgentError, NotFoundError, OrchestratorError, StoreError
+from orchestrator.domain.recovery import AgentView, Decision, decide
+from orchestrator.engine.polling import facts_of
+from orchestrator.errors import NotFoundError, OrchestratorError
 from orchestrator.render import command_detail, styled
-from orchestrator.store import StoreConfig, parse_store_url, prepare_store, sqlite_uri, store_url_from_env
+from orchestrator.store import EventStore, StoreConfig, check_store, dialect_for, parse_store_url, store_url_from_env
+from orchestrator.store.event_store import IN_FLIGHT_TABLE
 from orchestrator.views import CommandView, TaskView
 
 EXIT_CLEAN = 0
@@ -55,6 +57,7 @@ class InspectedCommand(BaseModel):
     unsubmitted: list[str]
     vanished: list[str]
     finished_while_down: list[str]
+    to_stop: list[str] = Field(description="running tasks whose stop was decided (orphans, zombies, cancelled)")
     tasks: list[TaskView]
 
 
@@ -63,7 +66,6 @@ class InspectionReport(BaseModel):
 
     store: str = Field(description="store URL, password hidden")
     log_head: int
-    commands_in_log: int
     agent_consulted: bool
     agent_note: str
     commands: list[InspectedCommand]
@@ -89,79 +91,59 @@ class CommandHistory(BaseModel):
 
 
 class ReadOnlyStore:
+    """A store opened for reading only: no table created, no projection written, no lock taken."""
+
     def __init__(self, store: str | None) -> None:
         self.config: StoreConfig = parse_store_url(store_url_from_env(store))
-        prepare_store(self.config, create=False)
-        env = {**self.config.eventsourcing_env(), "CREATE_TABLE": "n"}
-        if self.config.kind == "sqlite":
-            assert self.config.path is not None
-            env["SQLITE_DBNAME"] = f"{sqlite_uri(self.config.path)}?mode=ro"
-        try:
-            self.app = OrchestratorApp(env=env)
-        except PersistenceError as exc:
-            raise StoreError(f"cannot read {self.config.redacted}: {self.config.scrub(str(exc))}") from None
+        self.meta = check_store(self.config)
+        self.store = EventStore.open(self.config, dialect_for(self.config), create_tables=False, read_only=True)
 
     def close(self) -> None:
-        self.app.close()
+        self.store.close()
 
     def head(self) -> int:
         try:
-            return int(self.app.recorder.max_notification_id() or 0)
+            return self.store.head()
         except PersistenceError:
             return 0  # no events table yet: nothing was ever recorded
 
-    def root_ids(self) -> list[UUID]:
-        ids: list[UUID] = []
-        position = 0
-        topic = get_topic(RootCommand.Accepted)
+    def in_flight_ids(self) -> list[UUID]:
+        """What recovery would load: the store's in-flight index (a store of an older layout: every root)."""
         try:
-            while True:
-                page = self.app.recorder.select_notifications(
-                    start=position, limit=1000, topics=[topic], inclusive_of_start=False
-                )
-                ids += [UUID(str(n.originator_id)) for n in page]
-                if len(page) < 1000:
-                    return ids
-                position = page[-1].id
+            if self.store.has_table(IN_FLIGHT_TABLE):
+                return self.store.in_flight_ids()
+            return list(dict.fromkeys(self.store.originators([get_topic(RootCommand.Accepted)])))
         except PersistenceError:
-            return ids
+            return []
 
     def command(self, ident: str, version: int | None = None) -> RootCommand:
         try:
             command_id = UUID(ident)
         except ValueError:
             raise NotFoundError(f"{ident!r} is not a command id (a UUID)") from None
-        try:
-            command: object = self.app.repository.get(command_id, version=version)
-        except AggregateNotFoundError:
+        command = self.store.get(command_id, version=version)
+        if command is None:
             where = f" at version {version}" if version is not None else ""
-            raise NotFoundError(f"no command {command_id}{where} in {self.config.redacted}") from None
+            raise NotFoundError(f"no command {command_id}{where} in {self.config.redacted}")
         if not isinstance(command, RootCommand):
             raise NotFoundError(f"{command_id} is not a command")
         return command
 
 
 def _agent_tasks(store: ReadOnlyStore, agent_state: Path | None) -> tuple[AgentView | None, str]:
+    """The agent's tasks, read without changing the agent's state."""
     path = agent_state or default_agent_state_path(store.config.path)
     if not path.exists():
         return None, f"no agent state at {path}: verdicts that depend on the agent are provisional"
     try:
-        agent = SimulatedAgent.open(path)
+        statuses = parse_statuses(SimulatedAgentBackend.peek_statuses(path))
     except OrchestratorError as exc:
         return None, f"{exc}: verdicts that depend on the agent are provisional"
-    try:
-        statuses = agent.task_statuses()
-    except AgentError as exc:
-        return None, f"{exc}: verdicts that depend on the agent are provisional"
-    finally:
-        agent.close()
-    return AgentView(statuses), f"reconciled with the agent at {path} ({len(statuses)} task(s) held)"
+    return facts_of(statuses), f"reconciled with the agent at {path} ({len(statuses)} task(s) held)"
 
 
 def inspect_store(store: ReadOnlyStore, agent_state: Path | None, *, with_agent: bool) -> InspectionReport:
-    ids = store.root_ids()
-    commands = [store.command(str(i)) for i in ids]
-    in_flight = [c for c in commands if c.in_flight]
+    in_flight = [c for c in store.store.load_commands(store.in_flight_ids()) if c.in_flight]
     agent_tasks: AgentView | None = None
     note = "agent not consulted (--no-agent): verdicts that depend on the agent are provisional"
     if with_agent:
@@ -184,6 +166,7 @@ def inspect_store(store: ReadOnlyStore, agent_state: Path | None, *, with_agent:
                 unsubmitted=decision.unsubmitted,
                 vanished=decision.vanished,
                 finished_while_down=decision.finished_while_down,
+                to_stop=decision.to_stop,
                 tasks=[TaskView.of(t) for t in command.tasks.values()],
             )
         )
@@ -191,7 +174,6 @@ def inspect_store(store: ReadOnlyStore, agent_state: Path | None, *, with_agent:
     return InspectionReport(
         store=store.config.redacted,
         log_head=store.head(),
-        commands_in_log=len(commands),
         agent_consulted=agent_tasks is not None,
         agent_note=note,
         commands=inspected,
@@ -247,7 +229,7 @@ def describe_event(event: Any) -> tuple[str, str]:
 def command_history(store: ReadOnlyStore, ident: str, at_version: int | None) -> CommandHistory:
     command = store.command(ident)
     events = []
-    for e in store.app.events.get(command.id):
+    for e in store.store.events_of(command.id):
         name, detail = describe_event(e)
         at = getattr(e, "timestamp")  # noqa: B009 - every aggregate event has one; the protocol does not say so
         events.append(HistoryEvent(version=e.originator_version, at=at, event=name, detail=detail))
@@ -262,9 +244,7 @@ def command_history(store: ReadOnlyStore, ident: str, at_version: int | None) ->
 
 
 def render_report(report: InspectionReport, console: Console) -> None:
-    console.print(
-        f"store {report.store}: {report.commands_in_log} command(s) in the log, head at event {report.log_head}"
-    )
+    console.print(f"store {report.store}: log head at event {report.log_head}")
     console.print(report.agent_note)
     if not report.commands:
         console.print("nothing in flight: recovery has nothing to do")
@@ -333,11 +313,3 @@ def run_inspection(
         return report.exit_code
     finally:
         store.close()
-
-
-def verdict_names() -> list[str]:
-    return [v.value for v in Verdict]
-
-
-def dumps(model: BaseModel) -> str:
-    return json.dumps(model.model_dump(mode="json"), indent=2)

@@ -1,13 +1,15 @@
-"""The seven invariants of DESIGN.md section 7, checked against the real store and agent.
+"""The invariants of docs/invariants.md, checked against the real store and agent.
 
 Used by the demo, the tests, the soak script and the benchmarks. Each check
 reads the event log, the read models and the simulated agent's own journal
-(what the agent really did), never the engine's memory.
+(what the agent really did), never an engine's memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
@@ -17,7 +19,8 @@ from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, InventoryEntity, Template, Vm
-from orchestrator.domain.model import CommandStatus, TaskStatus, parse_agent_task_key
+from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, parse_agent_task_key
+from orchestrator.store import writer_of
 
 
 class InvariantResult(BaseModel):
@@ -27,18 +30,19 @@ class InvariantResult(BaseModel):
     detail: str
 
 
+@dataclass
+class Evidence:
+    """What the checks read, once: every command with its events, the inventory, the agent's journal."""
+
+    ids: list[UUID]
+    commands: list[RootCommand]
+    events: dict[UUID, list[Any]]
+    journal: dict[str, dict[str, Any]]
+    inventory: list[InventoryEntity]
+
+
 def all_command_ids(orch: Orchestrator) -> list[UUID]:
-    ids: list[UUID] = []
-    position = 0
-    topic = get_topic(RootCommand.Accepted)
-    while True:
-        page = orch.app.recorder.select_notifications(
-            start=position, limit=1000, topics=[topic], inclusive_of_start=False
-        )
-        ids += [UUID(str(n.originator_id)) for n in page]
-        if len(page) < 1000:
-            return ids
-        position = page[-1].id
+    return list(orch.store.originators([get_topic(RootCommand.Accepted)]))
 
 
 def expected_storage(entities: Iterable[InventoryEntity]) -> set[tuple[str, str, str]]:
@@ -56,6 +60,124 @@ def expected_storage(entities: Iterable[InventoryEntity]) -> set[tuple[str, str,
     return out
 
 
+def gather(orch: Orchestrator, agent: SimulatedAgent) -> Evidence:
+    ids = all_command_ids(orch)
+    commands = [orch.command(i) for i in ids]
+    return Evidence(
+        ids=ids,
+        commands=commands,
+        events={c.id: orch.store.events_of(c.id) for c in commands},
+        journal={row["key"]: row for row in agent.backend.journal()},
+        inventory=orch.inventory(),
+    )
+
+
+def no_false_success(ev: Evidence) -> list[str]:
+    problems = []
+    for c in (c for c in ev.commands if c.status is CommandStatus.SUCCEEDED):
+        for t in c.tasks.values():
+            row = ev.journal.get(c.task_key(t.task_id))
+            if t.status is not TaskStatus.SUCCEEDED or t.agent_task_id is None:
+                problems.append(f"{c.flow} {c.id} succeeded but task {t.task_id} is {t.status.value}")
+            elif row is None or row["state"] != "finished" or row["result"] != "success" or row["reverted"]:
+                problems.append(f"{c.flow} {c.id} succeeded but the agent did not finish task {t.task_id}")
+    return problems
+
+
+def no_leak(orch: Orchestrator, ev: Evidence) -> list[str]:
+    ours = {c.id for c in ev.commands}
+    problems = [
+        f"agent still holds task {row['agent_task_id']} ({row['verb']}, {row['state']})"
+        for key, row in ev.journal.items()
+        if row["cleared_at"] is None and not row["vanished"] and (p := parse_agent_task_key(key)) and p[0] in ours
+    ]
+    orch.projections.catch_up()
+    return problems + [f"active-tasks view still lists {a.task_id}" for a in orch.queries.active_tasks()]
+
+
+def no_stuck_lock(ev: Evidence) -> list[str]:
+    in_flight = {c.id for c in ev.commands if c.in_flight}
+    return [
+        f"{e.ref} locked by {holder} which is not in flight"
+        for e in ev.inventory
+        for holder in e.locks
+        if UUID(holder) not in in_flight
+    ]
+
+
+def every_command_ends(ev: Evidence) -> list[str]:
+    return [f"{c.flow} {c.id} is still {c.status.value}" for c in ev.commands if c.in_flight]
+
+
+def projections_are_true(orch: Orchestrator, ev: Evidence, verify: bool) -> list[str]:
+    problems = []
+    if verify:
+        for projection in orch.projections.projections:
+            result = orch.projections.verify(projection)
+            problems += [f"{projection.name}: {d}" for d in result.differences]
+    indexed = set(orch.store.in_flight_ids())
+    in_flight = {c.id for c in ev.commands if c.in_flight}
+    problems += [f"in-flight index lacks {i}, which is in flight" for i in sorted(in_flight - indexed)]
+    problems += [f"in-flight index holds {i}, which is not in flight" for i in sorted(indexed - in_flight)]
+    return problems
+
+
+def nothing_lost(ev: Evidence, expected: Iterable[UUID]) -> list[str]:
+    ours = set(ev.ids)
+    problems = [f"command {i} is not in the log" for i in expected if i not in ours]
+    if len(ev.ids) != len(ours):
+        problems.append("a command was accepted twice")
+    for ident, events in ev.events.items():
+        versions = [e.originator_version for e in events]
+        if versions != list(range(1, len(versions) + 1)):
+            problems.append(f"history of {ident} has gaps: {versions}")
+    return problems
+
+
+def truth_matches(agent: SimulatedAgent, ev: Evidence) -> list[str]:
+    expected = expected_storage(ev.inventory)
+    actual = agent.storage().triples()
+    problems = [f"inventory has {v[2]} ({v[1]} on {v[0]}) but the agent does not" for v in sorted(expected - actual)]
+    return problems + [
+        f"agent has {v[2]} ({v[1]} on {v[0]}) unknown to the inventory" for v in sorted(actual - expected)
+    ]
+
+
+# Task ends that fail a command for a reason of its own.
+OWN_TASK_FAILURES = (EndKind.FINISHED, EndKind.REFUSED, EndKind.VANISHED, EndKind.ZOMBIE)
+
+
+def failure_causes(command: RootCommand, events: Sequence[Any]) -> list[str]:
+    """Why a failed command failed, from its history: only reasons that concern it count."""
+    causes = [
+        f"task {t.task_id[:8]} {t.end_kind.value}"
+        for t in command.tasks.values()
+        if t.status is TaskStatus.FAILED and t.end_kind in OWN_TASK_FAILURES
+    ]
+    if command.cancel_reason is not None:
+        causes.append("cancelled")
+    if command.flagged:
+        causes.append("an end action gave up")
+    for e in events:
+        cut_short = isinstance(e, RootCommand.FailureDecided) and e.cause == FailureCause.SUBMISSION_CUT_SHORT
+        if cut_short and writer_of(e).get("phase") == "recovery":
+            causes.append("a crash cut its submission short")
+    return causes
+
+
+def no_spurious_failure(ev: Evidence) -> list[str]:
+    """A command fails only for a reason of its own; only recovery at an engine start records verdicts."""
+    problems = []
+    for c in ev.commands:
+        events = ev.events[c.id]
+        for e in events:
+            if isinstance(e, RootCommand.Recovered) and writer_of(e).get("phase") != "recovery":
+                problems.append(f"{c.flow} {c.id}: a '{e.verdict}' verdict was recorded outside recovery")
+        if c.status is CommandStatus.FAILED and not failure_causes(c, events):
+            problems.append(f"{c.flow} {c.id} failed for no reason of its own ({c.outcome_reason})")
+    return problems
+
+
 def check_invariants(
     orch: Orchestrator,
     agent: SimulatedAgent,
@@ -63,80 +185,40 @@ def check_invariants(
     expected_commands: Iterable[UUID] = (),
     verify_projections: bool = True,
 ) -> list[InvariantResult]:
-    ids = all_command_ids(orch)
-    commands = [orch.command(i) for i in ids]
-    journal = {row["key"]: row for row in agent.backend.journal()}
-    inventory = orch.inventory()
-    results: list[InvariantResult] = []
-
-    def add(number: int, name: str, problems: list[str], good: str) -> None:
-        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-        results.append(InvariantResult(number=number, name=name, ok=not problems, detail=shown or good))
-
-    # 1. No false success.
-    problems = []
-    succeeded = [c for c in commands if c.status is CommandStatus.SUCCEEDED]
-    for c in succeeded:
-        for t in c.tasks.values():
-            row = journal.get(c.task_key(t.task_id))
-            if t.status is not TaskStatus.SUCCEEDED or t.agent_task_id is None:
-                problems.append(f"{c.flow} {c.id} succeeded but task {t.task_id} is {t.status.value}")
-            elif row is None or row["state"] != "finished" or row["result"] != "success" or row["reverted"]:
-                problems.append(f"{c.flow} {c.id} succeeded but the agent did not finish task {t.task_id}")
-    add(1, "no false success", problems, f"{len(succeeded)} succeeded command(s), every task done on the agent")
-
-    # 2. No leak.
-    ours = {c.id for c in commands}
-    problems = [
-        f"agent still holds task {row['agent_task_id']} ({row['verb']}, {row['state']})"
-        for key, row in journal.items()
-        if row["cleared_at"] is None and not row["vanished"] and (p := parse_agent_task_key(key)) and p[0] in ours
+    ev = gather(orch, agent)
+    outcomes: dict[str, int] = {}
+    for c in ev.commands:
+        outcomes[c.status.value] = outcomes.get(c.status.value, 0) + 1
+    failed = outcomes.get("failed", 0)
+    checks: list[tuple[str, Callable[[], list[str]], str]] = [
+        ("no false success", lambda: no_false_success(ev), "every succeeded command's tasks were done on the agent"),
+        ("no leak", lambda: no_leak(orch, ev), "agent holds no uncleared task of ours; active-tasks view empty"),
+        ("no stuck lock", lambda: no_stuck_lock(ev), "no entity is locked by an ended command"),
+        (
+            "every command ends",
+            lambda: every_command_ends(ev),
+            ", ".join(f"{n} {s}" for s, n in sorted(outcomes.items())) or "no commands",
+        ),
+        (
+            "projections are true",
+            lambda: projections_are_true(orch, ev, verify_projections),
+            "every projection equals a rebuild from the log; the in-flight index equals the log's",
+        ),
+        (
+            "nothing lost",
+            lambda: nothing_lost(ev, expected_commands),
+            f"{len(ev.ids)} command(s), each once, histories complete",
+        ),
+        ("truth matches", lambda: truth_matches(agent, ev), "inventory and agent agree on every volume"),
+        (
+            "no spurious failure",
+            lambda: no_spurious_failure(ev),
+            f"each of {failed} failed command(s) failed for a reason of its own; verdicts only from recovery",
+        ),
     ]
-    orch.projections.catch_up()
-    active = orch.queries.active_tasks()
-    problems += [f"active-tasks view still lists {a.task_id}" for a in active]
-    add(2, "no leak", problems, "agent holds no uncleared task of ours; active-tasks view empty")
+    return [_result(n, name, check(), good) for n, (name, check, good) in enumerate(checks, start=1)]
 
-    # 3. No stuck lock.
-    in_flight = {c.id for c in commands if c.in_flight}
-    problems = [
-        f"{e.ref} locked by {holder} which is not in flight"
-        for e in inventory
-        for holder in e.locks
-        if UUID(holder) not in in_flight
-    ]
-    add(3, "no stuck lock", problems, "no entity is locked by an ended command")
 
-    # 4. Every command ends.
-    problems = [f"{c.flow} {c.id} is still {c.status.value}" for c in commands if c.in_flight]
-    by_outcome: dict[str, int] = {}
-    for c in commands:
-        by_outcome[c.status.value] = by_outcome.get(c.status.value, 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(by_outcome.items())) or "no commands"
-    add(4, "every command ends", problems, summary)
-
-    # 5. Projections are true.
-    problems = []
-    if verify_projections:
-        for projection in orch.projections.projections:
-            result = orch.projections.verify(projection)
-            problems += [f"{projection.name}: {d}" for d in result.differences]
-    add(5, "projections are true", problems, "every projection equals a rebuild from the log")
-
-    # 6. Nothing lost.
-    problems = [f"command {i} is not in the log" for i in expected_commands if i not in ours]
-    if len(ids) != len(set(ids)):
-        problems.append("a command was accepted twice")
-    for c in commands:
-        versions = [e.originator_version for e in orch.app.events.get(c.id)]
-        if versions != list(range(1, len(versions) + 1)):
-            problems.append(f"history of {c.id} has gaps: {versions}")
-    add(6, "nothing lost", problems, f"{len(ids)} command(s), each once, histories complete")
-
-    # 7. Truth matches.
-    expected = expected_storage(inventory)
-    actual = agent.storage().triples()
-    problems = [f"inventory has {v[2]} ({v[1]} on {v[0]}) but the agent does not" for v in sorted(expected - actual)]
-    problems += [f"agent has {v[2]} ({v[1]} on {v[0]}) unknown to the inventory" for v in sorted(actual - expected)]
-    add(7, "truth matches", problems, f"inventory and agent agree on {len(actual)} volume(s)")
-    return results
+def _result(number: int, name: str, problems: list[str], good: str) -> InvariantResult:
+    shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+    return InvariantResult(number=number, name=name, ok=not problems, detail=shown or good)

@@ -148,11 +148,6 @@ class ViewQueries:
             cur.execute(sql, (*params, limit))
             return [_command_row(r) for r in cur.fetchall()]
 
-    def in_flight_root_ids(self) -> list[str]:
-        with self.db.read() as cur:
-            cur.execute("SELECT command_id FROM proj_in_flight")
-            return [str(r[0]) for r in cur.fetchall()]
-
     def command_entities(self, command_id: str) -> list[tuple[str, str, str]]:
         with self.db.read() as cur:
             cur.execute(

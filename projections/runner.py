@@ -100,7 +100,7 @@ class ProjectionRunner:
                 f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (projection TEXT PRIMARY KEY, position BIGINT NOT NULL)"
             )
             for p in self.projections:
-                for statement in p.create_statements("") + p.index_statements("", "") + p.backfill_statements():
+                for statement in p.create_statements("") + p.index_statements("", ""):
                     cur.execute(statement)
                 cur.execute(
                     f"INSERT INTO {TRACKING_TABLE} VALUES (?, 0) ON CONFLICT (projection) DO NOTHING", (p.name,)

@@ -22,8 +22,7 @@ from projections.db import Cursor
 
 # A row of proj_commands still in flight: not ended, or ended with tasks still to clear.
 IN_FLIGHT = "(status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
-OUT_OF_FLIGHT = f"NOT {IN_FLIGHT}"  # both columns are NOT NULL: a plain negation
-# The partial index's predicate (its text must stay as stores created it) and the backfill's.
+# The partial index's predicate (its text must stay as stores created it).
 IN_FLIGHT_ROOTS = f"parent_id IS NULL AND {IN_FLIGHT}"
 
 
@@ -180,10 +179,6 @@ class Projection(ABC):
     def apply(self, event: RawEvent, out: StatementBatch, suffix: str) -> None:
         """Append the statements that apply one event to the tables."""
 
-    def backfill_statements(self) -> list[str]:
-        """Fill a table added to an existing store from the others (run when the layout changes)."""
-        return []
-
     def key_columns(self, table: str) -> str:
         """Column list used to order rows when comparing copies."""
         return "1"
@@ -306,15 +301,10 @@ class ActiveTasksProjection(Projection):
 
 
 class CommandsProjection(Projection):
-    """Commands and the entities they declared, and the set of root commands in flight.
-
-    `proj_in_flight` is what recovery reads: a table of only the roots in flight, so
-    finding them costs what is in flight, whatever the size of the history and whether or
-    not PostgreSQL has statistics for (or has vacuumed) the much larger `proj_commands`.
-    """
+    """Commands, root and child, and the entities they declared."""
 
     name = "commands"
-    tables = ("proj_commands", "proj_command_entities", "proj_in_flight")
+    tables = ("proj_commands", "proj_command_entities")
 
     def create_statements(self, suffix: str) -> list[str]:
         return [
@@ -326,7 +316,6 @@ class CommandsProjection(Projection):
             f"CREATE TABLE IF NOT EXISTS proj_command_entities{suffix} ("
             " entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, command_id TEXT NOT NULL,"
             " mode TEXT NOT NULL, PRIMARY KEY (entity_type, entity_id, command_id))",
-            f"CREATE TABLE IF NOT EXISTS proj_in_flight{suffix} (command_id TEXT PRIMARY KEY)",
         ]
 
     def index_statements(self, suffix: str, index_suffix: str) -> list[str]:
@@ -342,24 +331,8 @@ class CommandsProjection(Projection):
     def key_columns(self, table: str) -> str:
         return "entity_type, entity_id, command_id" if table.startswith("proj_command_entities") else "command_id"
 
-    def backfill_statements(self) -> list[str]:
-        return [
-            "INSERT INTO proj_in_flight SELECT command_id FROM proj_commands c WHERE"
-            f" {IN_FLIGHT_ROOTS} AND NOT EXISTS (SELECT 1 FROM proj_in_flight f WHERE f.command_id = c.command_id)"
-        ]
-
     def apply(self, event: RawEvent, out: StatementBatch, suffix: str) -> None:
         self._apply_commands(event, out, suffix)
-        f = f"proj_in_flight{suffix}"
-        if event.kind == "Accepted":
-            out.insert(f, str(event.originator_id))
-        elif event.kind in ("FailureDecided", "TasksRefused", "Ended", "TasksCleared"):
-            # After this event's own updates (same rank, later group): leave once ended and cleared.
-            out.keyed(
-                f"DELETE FROM {f} WHERE command_id IN"
-                f" (SELECT command_id FROM proj_commands{suffix} WHERE command_id {{match}} AND {OUT_OF_FLIGHT})",
-                str(event.originator_id),
-            )
 
     def _apply_commands(self, event: RawEvent, out: StatementBatch, suffix: str) -> None:
         c, ce = f"proj_commands{suffix}", f"proj_command_entities{suffix}"

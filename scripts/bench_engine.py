@@ -19,10 +19,12 @@ from typing import Any
 
 from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import Orchestrator, SubmitResult
+from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import CommandStatus, TaskStatus
-from orchestrator.engine.task_manager import CycleReport, TaskManager
+from orchestrator.engine.report import CycleReport
+from orchestrator.engine.task_manager import TaskManager
 from orchestrator.invariants import check_invariants
 from projections.runner import ProjectionRunner
 from scripts.bench_sql import SqlTally, TallyWindow, sql_counting
@@ -74,7 +76,7 @@ def open_harness(
     orch.seed(vms + 1, DISKS_PER_VM)
     agent = SimulatedAgent.open(orch.agent_state, task_seconds=task_seconds)
     timed = TimedAgent(agent)
-    engine = TaskManager(orch, timed, load_engine_settings(poll_interval=0.01, **settings))
+    engine = build_engine(orch, timed, load_engine_settings(poll_interval=0.01, **settings))
     engine.recover()
     h = Harness(store, orch, agent, timed, engine, lag)
     if warm:
@@ -239,14 +241,14 @@ def run_write_cost(scratch: Scratch, backend: str, in_flight: int, commands: int
 
 def _count_loop(h: Harness, tally: SqlTally, in_flight: int, commands: int) -> dict[str, float]:
     head0 = h.orch.projections.head()
-    tx0 = h.engine.store_transactions
+    tx0 = h.engine.writer.transactions
     window = TallyWindow(tally)
     window.open()
     run_closed_loop(h, in_flight, commands)
     sql = window.delta()
     command_events, inventory_events = _events_by_kind(h.orch, head0)
     tasks = commands * DISKS_PER_VM
-    engine_tx = h.engine.store_transactions - tx0
+    engine_tx = h.engine.writer.transactions - tx0
     per = {
         "events": float(command_events + inventory_events),
         "command_events": float(command_events),

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import SEED_DOMAINS, Orchestrator
+from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, InventoryEntity, Vm
@@ -74,7 +75,7 @@ def build_in_flight(scratch: Scratch, backend: str, commands: int) -> RecoverySt
             orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"})
         rs.setup["accept_seconds"] = watch.seconds
         watch = Stopwatch()
-        _submit_everything(TaskManager(orch, agent, load_engine_settings(submit_batch=1000)))
+        _submit_everything(build_engine(orch, agent, load_engine_settings(submit_batch=1000)))
         rs.setup["engine_submit_seconds"] = watch.seconds
     finally:
         agent.close()
@@ -190,7 +191,7 @@ def time_recovery(rs: RecoveryStore) -> RecoveryRun:
     try:
         opened = watch.seconds
         started = time.perf_counter()
-        report = TaskManager(orch, agent, load_engine_settings()).recover()
+        report = build_engine(orch, agent, load_engine_settings()).recover()
         seconds = time.perf_counter() - started
         head = orch.projections.head()
         orch.projections.catch_up()  # as the engine's first cycle would; not timed

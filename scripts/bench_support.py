@@ -174,8 +174,8 @@ class TimedAgent:
     def clear_tasks(self, agent_task_ids: Sequence[str]) -> None:
         self._timed(lambda: self.inner.clear_tasks(agent_task_ids))
 
-    def revert_task(self, agent_task_id: str) -> None:
-        self._timed(lambda: self.inner.revert_task(agent_task_id))
+    def revert_task(self, agent_task_id: str) -> bool:
+        return self._timed(lambda: self.inner.revert_task(agent_task_id))
 
     def storage(self) -> StorageView:
         return self._timed(self.inner.storage)

@@ -24,6 +24,7 @@ import pytest
 
 from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import build_engine
 from orchestrator.config import EngineSettings, load_engine_settings
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.invariants import InvariantResult, check_invariants
@@ -107,7 +108,7 @@ def run_until_idle(
     orch: Orchestrator, agent: SimulatedAgent, *, timeout: float = 30.0, settings: EngineSettings | None = None
 ) -> TaskManager:
     """Recover and run an in-process engine until nothing is in flight (fails on timeout)."""
-    engine = TaskManager(orch, agent, settings or fast_settings())
+    engine = build_engine(orch, agent, settings or fast_settings())
     engine.recover()
     stop = threading.Event()
     timer = threading.Timer(timeout, stop.set)

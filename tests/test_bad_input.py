@@ -21,9 +21,9 @@ import pytest
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.model import CommandStatus, TaskStatus
-from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import (
     AgentError,
     DuplicateCommandError,
@@ -407,8 +407,10 @@ def test_an_agent_that_cannot_answer_makes_run_give_up_with_one_line_and_decide_
     proc = cli(store_url, agent_state, "run", "--until-idle", "--timeout", "3", env=engine_env())
     assert time.monotonic() - started < 30
     line = service_error_line(proc, AgentError.exit_code)
-    assert line.startswith("error: gave up after 3s with 1 command(s) in flight")
-    assert says in line and "nothing was decided without the agent" in line
+    assert line.startswith("error: gave up after 3s waiting for the agent")
+    assert says in line and "recovery decided nothing" in line
+    assert "recovered 0 command(s)" not in proc.stderr, "it does not claim to have recovered anything"
+    assert "gave up waiting for the agent" in proc.stderr
     assert recorded_events(store_url) == before, "nothing was decided"
 
     agent = SimulatedAgent.open(agent_state)
@@ -428,7 +430,7 @@ def test_an_agent_misbehaving_for_a_while_delays_the_engine_but_never_decides_fo
     store_url: str, orch: Orchestrator, agent: SimulatedAgent, agent_state: Path, faults: dict[str, Any], says: str
 ) -> None:
     orch.seed(1, 2)
-    engine = TaskManager(orch, agent, fast_settings(agent_backoff_max=0.3))
+    engine = build_engine(orch, agent, fast_settings(agent_backoff_max=0.3))
     engine.recover()
     until = {k: time.time() + 600 for k in faults if k.endswith("_until")}
     agent.backend.set_faults(FaultConfig(**{**faults, **until}))

@@ -14,9 +14,9 @@ import pytest
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator, SubmitResult
+from orchestrator.bootstrap import build_engine
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EntityRef, EntityType, entity_aggregate_id
-from orchestrator.engine.task_manager import TaskManager
 from orchestrator.flows import FLOWS
 from tests.conftest import REPO, cli_env, engine_args, fast_settings, invariants_hold, run_cli, run_until_idle, wait_for
 
@@ -30,7 +30,7 @@ def _due(agent: SimulatedAgent) -> bool:
 def test_two_read_only_commands_on_one_entity_end_independently(orch: Orchestrator, agent: SimulatedAgent) -> None:
     """G3: the end action is decided per root command, not per (type, entity)."""
     orch.seed(1, 2)
-    engine = TaskManager(orch, agent, fast_settings())
+    engine = build_engine(orch, agent, fast_settings())
     engine.recover()
     agent.backend.task_seconds = 30.0  # the first template's copies are slow...
     slow = orch.submit("CreateTemplate", {"vm_id": "vm-0001", "name": "slow"})
@@ -52,7 +52,7 @@ def test_poll_cycle_costs(orch: Orchestrator, agent_state: Path) -> None:
     orch.seed(5, 2)
     agent = SimulatedAgent.open(agent_state, task_seconds=0.4)
     try:
-        engine = TaskManager(orch, agent, fast_settings())
+        engine = build_engine(orch, agent, fast_settings())
         engine.recover()
         for n in range(1, 6):
             orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"})
@@ -148,7 +148,7 @@ def test_cancel_stops_running_tasks_and_fails_the_command(
     orch.seed(1, 3)
     agent = SimulatedAgent.open(agent_state, task_seconds=60)
     try:
-        engine = TaskManager(orch, agent, fast_settings())
+        engine = build_engine(orch, agent, fast_settings())
         engine.recover()
         result = orch.submit("CreateSnapshot", {"vm_id": "vm-0001"})
         engine.cycle()
@@ -170,7 +170,7 @@ def test_recovery_waits_for_an_unreachable_agent_and_decides_nothing(orch: Orche
     orch.submit("RemoveVm", {"vm_id": "vm-0001"})
     agent.backend.set_faults(FaultConfig(unreachable_until=time.time() + 3600))
     head = orch.app.recorder.max_notification_id()
-    engine = TaskManager(orch, agent, fast_settings(agent_backoff_max=0.05))
+    engine = build_engine(orch, agent, fast_settings(agent_backoff_max=0.05))
     stop = threading.Event()
     timer = threading.Timer(0.5, stop.set)
     timer.start()
@@ -185,7 +185,7 @@ def test_malformed_answers_delay_decisions_and_never_end_a_task(
 ) -> None:
     orch.seed(1, 2)
     result = orch.submit("RemoveVm", {"vm_id": "vm-0001"})
-    engine = TaskManager(orch, agent, fast_settings(agent_backoff_max=0.05))
+    engine = build_engine(orch, agent, fast_settings(agent_backoff_max=0.05))
     engine.recover()
     engine.cycle()  # submitted
     agent.backend.set_faults(FaultConfig(malformed_until=time.time() + 3600))

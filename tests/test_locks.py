@@ -23,10 +23,10 @@ import pytest
 from orchestrator.agent.interface import CreateResult, TaskSpec
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent, SimulatedAgentBackend
 from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import Disk, Template, Vm
 from orchestrator.domain.model import CommandStatus, EndKind, EntityRef, EntityType, TaskStatus
-from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import EntityLockedError
 from tests.conftest import (
     ONE_PER_CALL,
@@ -227,7 +227,7 @@ def test_two_templates_of_one_vm_run_together_are_polled_together_and_end_indepe
     store_url: str, orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
 ) -> None:
     orch.seed(1, 2)
-    engine = TaskManager(orch, agent, fast_settings())
+    engine = build_engine(orch, agent, fast_settings())
     engine.recover()
     first = orch.submit("CreateTemplate", {"vm_id": "vm-0001", "name": "first"})
     engine.cycle()  # the first one's tasks: 0.2 s
@@ -473,7 +473,7 @@ def test_a_refused_task_does_not_compensate_while_the_other_tasks_run(store_url:
         refused_task = sorted(command.tasks)[1]
         agent = RefusingAgent(SimulatedAgentBackend(agent_state, task_seconds=1.5), command.task_key(refused_task))
         try:
-            engine = TaskManager(orch, agent, fast_settings())
+            engine = build_engine(orch, agent, fast_settings())
             engine.recover()
             engine.cycle()
             command = orch.command(result.command_id)

@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import StorageDomain
 from orchestrator.domain.model import CommandStatus, EntityRef, EntityType, TaskStatus
@@ -130,7 +131,7 @@ def test_two_read_only_commands_on_one_vm_each_leave_the_index_with_their_own_ta
 ) -> None:
     orch.seed(1, 2)
     vm = EntityRef(VM, "vm-0001")
-    engine = TaskManager(orch, agent, fast_settings())
+    engine = build_engine(orch, agent, fast_settings())
     engine.recover()
     first = orch.submit("CreateTemplate", {"vm_id": "vm-0001", "name": "first"})
     engine.cycle()  # submits the first command's tasks (0.2 s each)
@@ -175,7 +176,7 @@ def test_deactivate_storage_domain_is_refused_while_a_task_runs_on_it_and_accept
 ) -> None:
     orch.seed(1, 2)
     template = orch.submit("CreateTemplate", {"vm_id": "vm-0001", "name": "t", "target_storage_domain_id": "sd-2"})
-    engine = TaskManager(orch, agent, fast_settings())
+    engine = build_engine(orch, agent, fast_settings())
     engine.recover()
     engine.cycle()  # the copy tasks are on the agent now
     task_ids = sorted(orch.command(template.command_id).tasks)
@@ -267,7 +268,7 @@ def views_tell_what_the_log_tells(orch: Orchestrator, command_id: str) -> None:
     assert (root.status, root.task_count) == (command.status.value, len(command.tasks))
     assert root.uncleared_tasks == len(uncleared)
     assert {c for c in rows if c != command_id} == set(command.children) - {command_id}  # a lone child is the root
-    assert (command_id in orch.queries.in_flight_root_ids()) == command.in_flight
+    assert (command_id in [str(i) for i in orch.store.in_flight_ids()]) == command.in_flight
     active = {a.task_id: a for a in orch.queries.active_tasks(command_id)}
     assert set(active) == {t.task_id for t in uncleared}
     for task in uncleared:
@@ -611,17 +612,21 @@ def test_rebuild_script_rebuilds_and_verifies(store_url: str, orch: Orchestrator
 def test_in_flight_table_holds_exactly_the_commands_in_flight_and_is_filled_on_upgrade(
     store_url: str, orch: Orchestrator, agent: SimulatedAgent
 ) -> None:
-    """Recovery reads `proj_in_flight`; a store from before that table gets it filled on the next open."""
+    """Recovery reads `orchestrator_in_flight`, kept with the events; a store of layout 3 (which kept
+    the commands in flight in a read model, `proj_in_flight`) gets it filled on the next open."""
     orch.seed(3, 2)
     ended = [str(orch.submit("RemoveVm", {"vm_id": f"vm-000{n}"}).command_id) for n in (1, 2)]
     run_until_idle(orch, agent)
     waiting = str(orch.submit("RemoveVm", {"vm_id": "vm-0003"}).command_id)
-    orch.projections.catch_up()
-    assert orch.queries.in_flight_root_ids() == [waiting]
+    assert [str(i) for i in orch.store.in_flight_ids()] == [waiting], "kept in the accept transaction itself"
     assert all(not orch.command(c).in_flight for c in ended)
     orch.close()
-    store_sql(store_url, "DROP TABLE proj_in_flight")  # as a store of layout 2 was
-    store_sql(store_url, f"UPDATE {META_TABLE} SET value = '2' WHERE key = 'layout'")
+    # As a store of layout 3 was: the read model held the commands in flight, the store did not.
+    store_sql(store_url, "DROP TABLE orchestrator_in_flight")
+    store_sql(store_url, "CREATE TABLE proj_in_flight (command_id TEXT PRIMARY KEY)")
+    store_sql(store_url, "INSERT INTO proj_in_flight VALUES (?)", (waiting,))
+    store_sql(store_url, f"UPDATE {META_TABLE} SET value = '3' WHERE key = 'layout'")
     with Orchestrator.open(store_url, agent_state=orch.agent_state, create=False) as upgraded:
-        assert upgraded.queries.in_flight_root_ids() == [waiting]
+        assert [str(i) for i in upgraded.store.in_flight_ids()] == [waiting]
+        assert not upgraded.store.has_table("proj_in_flight"), "the read model's copy is gone"
         assert_projections_true(upgraded)

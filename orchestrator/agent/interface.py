@@ -137,8 +137,10 @@ class Agent(Protocol):
     def clear_tasks(self, agent_task_ids: Sequence[str]) -> None:
         """Forget ended tasks; unknown ids are ignored (clearing twice is safe)."""
 
-    def revert_task(self, agent_task_id: str) -> None:
-        """Undo the storage effect of a task that finished with success (idempotent)."""
+    def revert_task(self, agent_task_id: str) -> bool:
+        """Undo the storage effect of a task that finished with success (idempotent).
+
+        True if its effect is undone (now, or by an earlier call); False if it had none."""
 
     def storage(self) -> StorageView:
         """The agent's storage: every volume, by storage domain and image."""

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -48,12 +48,20 @@ from orchestrator.agent.interface import (
     parse_storage,
 )
 from orchestrator.errors import AgentProtocolError, AgentUnavailableError, StoreError
-from orchestrator.store import create_private_file
+from orchestrator.store import create_private_file, sqlite_uri
 
 AGENT_STATE_ENV = "ORCHESTRATOR_AGENT_STATE"
 TASK_SECONDS_ENV = "ORCHESTRATOR_AGENT_TASK_SECONDS"
 FAULTS_ENV = "ORCHESTRATOR_AGENT_FAULTS"
 STATE_FILE_MARK = "orchestrator-simulated-agent"
+
+
+# How an agent server misbehaves on the wire (see orchestrator/agent/server.py):
+# http_500 answers HTTP 500; drop closes the connection in the middle of an answer; garbage answers
+# a body that is not JSON-RPC; oversize answers a body larger than any client accepts; trickle sends
+# the answer a few bytes at a time, slower than a client waits; wrong_pool and future_version make
+# identify claim another pool or a protocol version from the future.
+NetworkFault = Literal["none", "http_500", "drop", "garbage", "oversize", "trickle", "wrong_pool", "future_version"]
 
 
 class FaultConfig(BaseModel):
@@ -73,7 +81,15 @@ class FaultConfig(BaseModel):
     extra_task_seconds: float = Field(0.0, ge=0, description="added to every task's duration")
     call_latency: float = Field(0.0, ge=0, description="seconds each call takes")
     timeout_seconds: float = Field(10.0, gt=0, description="a call slower than this times out")
+    network_fault: NetworkFault = Field(
+        "none", description="served over HTTP: how the agent server misbehaves until network_fault_until"
+    )
+    network_fault_until: float = Field(0.0, description="epoch seconds; the network fault lasts until then")
     seed: int = 0
+
+    def network_fault_now(self) -> NetworkFault:
+        """The network fault in force at this moment ("none" once its time is up)."""
+        return self.network_fault if _now() < self.network_fault_until else "none"
 
 
 class _VerbArgs(BaseModel):
@@ -118,7 +134,7 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS tasks_held ON tasks (created_at) WHERE cleared_at IS NULL AND vanished = 0",
     "CREATE TABLE IF NOT EXISTS storage_domains (storage_domain_id TEXT PRIMARY KEY)",
     "CREATE TABLE IF NOT EXISTS volumes (volume_id TEXT PRIMARY KEY,"
-    " image_id TEXT NOT NULL, storage_domain_id TEXT NOT NULL, parent_id TEXT)",
+    " image_id TEXT NOT NULL, storage_domain_id TEXT NOT NULL, parent_id TEXT, seed_token TEXT)",
     "CREATE INDEX IF NOT EXISTS volumes_image ON volumes (storage_domain_id, image_id)",
     "CREATE TABLE IF NOT EXISTS faults (id INTEGER PRIMARY KEY CHECK (id = 1), config TEXT NOT NULL)",
 ]
@@ -190,6 +206,9 @@ class SimulatedAgentBackend:
                     raise StoreError(f"{self.path} is not a simulated agent state file")
             for statement in _SCHEMA:
                 conn.execute(statement)
+            volume_columns = {r[1] for r in conn.execute("PRAGMA table_info(volumes)")}
+            if "seed_token" not in volume_columns:  # state files written before seeds could be undone
+                conn.execute("ALTER TABLE volumes ADD COLUMN seed_token TEXT")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('kind', ?)", (STATE_FILE_MARK,))
             conn.execute("INSERT OR IGNORE INTO faults VALUES (1, ?)", (FaultConfig().model_dump_json(),))
         except sqlite3.DatabaseError as exc:
@@ -384,8 +403,10 @@ class SimulatedAgentBackend:
                 "SELECT verb, args, effect_applied, reverted FROM tasks WHERE agent_task_id = ?",
                 (agent_task_id,),
             ).fetchone()
-            if row is None or not row[2] or row[3]:
-                return {"reverted": False}
+            if row is None or not row[2]:
+                return {"reverted": False}  # it did nothing: nothing to undo
+            if row[3]:
+                return {"reverted": True}  # undone already (say, before an engine crash)
             verb, args = row[0], json.loads(row[1])
             if verb == "create_volume":
                 conn.execute("DELETE FROM volumes WHERE volume_id = ?", (args["volume_id"],))
@@ -421,16 +442,97 @@ class SimulatedAgentBackend:
             ],
         }
 
+    # ---- reading without changing anything (the inspection) ----------------------------
+
+    @staticmethod
+    def peek_statuses(path: Path) -> list[dict[str, Any]]:
+        """Every task held, as the agent would report it now, read without writing its state file.
+
+        A task past its due time is reported as it will end (its storage effect is not applied:
+        only the agent's own calls do that).
+        """
+        if not path.exists():
+            raise StoreError(f"no agent state at {path}")
+        try:
+            conn = sqlite3.connect(f"{sqlite_uri(path)}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(f"agent state {path} is not readable ({exc})") from exc
+        try:
+            faults = conn.execute("SELECT config FROM faults WHERE id = 1").fetchone()
+            outage = FaultConfig.model_validate_json(faults[0]).unreachable_until if faults else 0.0
+            if _now() < outage:  # the simulated network is down for readers too
+                raise AgentUnavailableError(
+                    f"agent unreachable: connection refused (simulated outage, {outage - _now():.1f}s left)"
+                )
+            rows = conn.execute(
+                "SELECT agent_task_id, key, verb, state, result, message, created_at, due_at, fate FROM tasks"
+                " WHERE cleared_at IS NULL AND vanished = 0 ORDER BY created_at"
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"agent state {path} is not readable ({exc})") from exc
+        finally:
+            conn.close()
+        now = _now()
+        out = []
+        for agent_task_id, key, verb, held_state, held_result, message, created_at, due_at, fate in rows:
+            state, result = held_state, held_result
+            if state == "running" and due_at <= now:
+                if fate == "vanish":
+                    continue
+                state, result = "finished", "success" if fate == "ok" else "failure"
+            out.append(
+                {
+                    "agent_task_id": agent_task_id,
+                    "key": key,
+                    "verb": verb,
+                    "state": state,
+                    "result": result,
+                    "message": message,
+                    "created_at": _iso(created_at),
+                }
+            )
+        return out
+
     # ---- administration (not part of the agent interface) -------------------------------
 
-    def seed_storage(self, domains: Sequence[str], volumes: Sequence[tuple[str, str, str]]) -> None:
+    def seed_storage(
+        self, domains: Sequence[str], volumes: Sequence[tuple[str, str, str]], token: str | None = None
+    ) -> list[str]:
+        """Add storage domains and base volumes (storage_domain, image, volume).
+
+        With a token, the seed is all or nothing and can be undone: if any of the volumes
+        exists already (another seed got there first), nothing is added and the ids found are
+        returned; otherwise every volume is added, tagged with the token, and [] is returned.
+        Without a token, volumes that exist are left as they are.
+        """
         with self._write() as conn:
+            if token is not None:
+                found = [
+                    row[0]
+                    for start in range(0, len(volumes), 500)
+                    for row in conn.execute(
+                        "SELECT volume_id FROM volumes WHERE volume_id IN"
+                        f" ({','.join('?' * len(volumes[start : start + 500]))})",
+                        [v[2] for v in volumes[start : start + 500]],
+                    )
+                ]
+                if found:
+                    return sorted(found)
             conn.executemany("INSERT OR IGNORE INTO storage_domains VALUES (?)", [(d,) for d in domains])
             conn.executemany(
-                "INSERT OR IGNORE INTO volumes (storage_domain_id, image_id, volume_id, parent_id)"
-                " VALUES (?, ?, ?, NULL)",
-                list(volumes),
+                "INSERT OR IGNORE INTO volumes (storage_domain_id, image_id, volume_id, parent_id, seed_token)"
+                " VALUES (?, ?, ?, NULL, ?)",
+                [(*v, token) for v in volumes],
             )
+        return []
+
+    def unseed(self, token: str, volume_ids: Sequence[str]) -> int:
+        """Remove these volumes if that seed added them (its store write lost a race); returns how many."""
+        with self._write() as conn:
+            cursor = conn.executemany(
+                "DELETE FROM volumes WHERE seed_token = ? AND volume_id = ?", [(token, v) for v in volume_ids]
+            )
+            return cursor.rowcount
 
     def journal(self) -> list[dict[str, Any]]:
         """Every task ever created, with what became of it (for checks, not the engine)."""
@@ -497,7 +599,7 @@ class SimulatedAgentBackend:
             ):
                 return False, f"parent volume {parent} not found in image {args['image_id']}"
             conn.execute(
-                "INSERT INTO volumes VALUES (?, ?, ?, ?)",
+                "INSERT INTO volumes (volume_id, image_id, storage_domain_id, parent_id) VALUES (?, ?, ?, ?)",
                 (args["volume_id"], args["image_id"], args["storage_domain_id"], args.get("parent_id") or None),
             )
             return True, ""
@@ -507,7 +609,7 @@ class SimulatedAgentBackend:
             if image_exists(args["target_storage_domain_id"], args["target_image_id"]):
                 return False, f"target image {args['target_image_id']} already exists"
             conn.execute(
-                "INSERT INTO volumes VALUES (?, ?, ?, NULL)",
+                "INSERT INTO volumes (volume_id, image_id, storage_domain_id, parent_id) VALUES (?, ?, ?, NULL)",
                 (args["target_volume_id"], args["target_image_id"], args["target_storage_domain_id"]),
             )
             return True, ""
@@ -555,13 +657,14 @@ class SimulatedAgent:
             self._count("clear_tasks")
             self.backend.clear_tasks(list(agent_task_ids))
 
-    def revert_task(self, agent_task_id: str) -> None:
+    def revert_task(self, agent_task_id: str) -> bool:
         self._count("revert_task")
         answer = self.backend.revert_task(agent_task_id)
         if not isinstance(answer, dict) or not isinstance(answer.get("reverted"), bool):
             raise AgentProtocolError("agent gave a malformed answer to revert_task")
         if answer.get("error"):
             raise AgentProtocolError(f"agent could not revert task {agent_task_id}: {answer['error']}")
+        return bool(answer["reverted"])
 
     def storage(self) -> StorageView:
         self._count("storage")

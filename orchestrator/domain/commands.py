@@ -24,9 +24,11 @@ from orchestrator.domain.model import (
     EndAction,
     EndKind,
     EntityUse,
+    FailureCause,
     TaskStatus,
     agent_task_key,
 )
+from orchestrator.errors import CommandRefusedError
 
 
 @dataclass
@@ -41,7 +43,8 @@ class TaskState:
     end_kind: EndKind | None = None
     message: str = ""
     result: dict[str, Any] = field(default_factory=dict)
-    orphan: bool = False  # created on the agent, id found by key during recovery
+    orphan: bool = False  # created on the agent, id found by key after its command had failed: stop it
+    stop_reason: str | None = None  # the engine decided to stop it (a zombie); recorded before the stop
     cleared: bool = False  # cleared on the agent, or never there
     submitted_at: datetime | None = None
     ended_at: datetime | None = None
@@ -159,6 +162,20 @@ class RootCommand(Aggregate):
     class FailureDecided(Aggregate.Event):
         reason: str
         abandoned: list[str]  # planned tasks that will never be submitted
+        cause: str  # a FailureCause: why this command fails
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 had no cause; its reason says which it was."""
+            reason = str(state.get("reason", ""))
+            if reason.startswith("cancelled"):
+                state["cause"] = FailureCause.CANCELLED.value
+            elif "no agent task id" in reason:
+                state["cause"] = FailureCause.SUBMISSION_CUT_SHORT.value
+            else:
+                state["cause"] = FailureCause.REFUSED.value
 
         def apply(self, aggregate: RootCommand) -> None:
             if aggregate.failure_reason is None:
@@ -167,6 +184,15 @@ class RootCommand(Aggregate):
                 aggregate._end_task(task_id, TaskStatus.FAILED, EndKind.NOT_SUBMITTED, self.reason, {}, self.timestamp)
                 aggregate.tasks[task_id].cleared = True
             aggregate._mark_started(self.timestamp)
+
+    class StopsDecided(Aggregate.Event):
+        """The engine will stop these running tasks (recorded first, so a restart still knows why)."""
+
+        stops: list[list[str]]  # [task_id, reason]
+
+        def apply(self, aggregate: RootCommand) -> None:
+            for task_id, reason in self.stops:
+                aggregate.tasks[task_id].stop_reason = reason
 
     class Recovered(Aggregate.Event):
         """What recovery decided for this command after an engine start."""
@@ -320,6 +346,22 @@ class RootCommand(Aggregate):
         return [t for t in self.tasks.values() if t.on_agent]
 
     @property
+    def tasks_to_stop(self) -> list[TaskState]:
+        """Running tasks whose stop is decided: orphans, zombies, and every task of a cancelled command."""
+        if self.ended:
+            return []
+        return [t for t in self.running_tasks if t.orphan or t.stop_reason or self.cancel_reason is not None]
+
+    @property
+    def submittable(self) -> bool:
+        """Its planned tasks go to the agent as usual (nothing has decided that it fails)."""
+        return (
+            self.status in (CommandStatus.ACCEPTED, CommandStatus.RUNNING)
+            and self.failure_reason is None
+            and self.cancel_reason is None
+        )
+
+    @property
     def in_flight(self) -> bool:
         """Not ended, or ended with tasks still to clear on the agent."""
         return not self.ended or bool(self.uncleared_tasks)
@@ -371,15 +413,29 @@ class RootCommand(Aggregate):
         if ended:
             self.trigger_event(self.TasksEnded, ended=ended)
 
-    def decide_failure(self, reason: str, abandoned: list[str]) -> None:
-        self.trigger_event(self.FailureDecided, reason=reason, abandoned=abandoned)
+    def decide_failure(self, reason: str, abandoned: list[str], cause: FailureCause) -> None:
+        self.trigger_event(self.FailureDecided, reason=reason, abandoned=abandoned, cause=cause.value)
+
+    def decide_stops(self, stops: list[tuple[str, str]]) -> None:
+        if stops:
+            self.trigger_event(self.StopsDecided, stops=[list(s) for s in stops])
 
     def record_recovery(self, verdict: str, reason: str) -> None:
         self.trigger_event(self.Recovered, verdict=verdict, reason=reason)
 
-    def request_cancel(self, reason: str) -> None:
-        if not self.ended and self.cancel_reason is None:
-            self.trigger_event(self.CancelRequested, reason=reason)
+    def request_cancel(self, reason: str) -> bool:
+        """Record the cancel; False if one was already requested. Refused once the end action began."""
+        if self.ended:
+            raise CommandRefusedError(f"command {self.id} has already ended ({self.status.value}); nothing to cancel")
+        if self.status is CommandStatus.ENDING:
+            outcome = "succeeded" if self.due_end_action is EndAction.SUCCESS else "failed"
+            raise CommandRefusedError(
+                f"too late to cancel command {self.id}: its end action has begun; it will end as {outcome}"
+            )
+        if self.cancel_reason is not None:
+            return False
+        self.trigger_event(self.CancelRequested, reason=reason)
+        return True
 
     def start_end_action(self) -> None:
         if self.status is not CommandStatus.ENDING:

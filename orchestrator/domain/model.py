@@ -109,6 +109,14 @@ class CommandStatus(StrEnum):
         return self in (CommandStatus.SUCCEEDED, CommandStatus.FAILED)
 
 
+class FailureCause(StrEnum):
+    """Why the engine decided that a command fails (beyond one of its tasks failing)."""
+
+    CANCELLED = "cancelled"  # a user asked
+    REFUSED = "refused"  # the agent refused one of its tasks, so the rest are never submitted
+    SUBMISSION_CUT_SHORT = "submission_cut_short"  # a crash cut its submission short (recovery decides it)
+
+
 class EndAction(StrEnum):
     SUCCESS = "end_successfully"
     FAILURE = "end_with_failure"

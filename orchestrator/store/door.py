@@ -1,149 +1,42 @@
-"""Store configuration: one URL selects SQLite (embedded default) or PostgreSQL.
+"""The door: check a store before the event store library touches it.
 
-`sqlite:///PATH` (relative, SQLAlchemy style; `sqlite:////abs/path` for an
-absolute one) or `postgresql://user[:password]@host[:port]/dbname[?schema=NAME]`.
-The URL comes from `--store` or `ORCHESTRATOR_STORE`.
-
-This module also guards the door: it refuses a file that is not SQLite, a
-database that belongs to someone else, and a store written by a newer schema,
-each with one clear line, before the event store library touches anything.
-Passwords never leave this module except inside the eventsourcing environment.
+It refuses a file that is not SQLite, a database that belongs to someone else,
+and a store written by a newer schema, each with one clear line, before
+anything is written. It creates a new store's tables once: on PostgreSQL every
+statement of the set-up (the schema, the metadata table, the library's tables
+and ours) runs under one advisory lock, so processes that open a fresh store
+at the same moment wait for each other and then all proceed; later opens only
+read the metadata and run no DDL at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit
-
-import psycopg
-from pydantic import BaseModel, ConfigDict, SecretStr
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from orchestrator.errors import StoreError
+from orchestrator.store.url import StoreConfig
 
-DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
-STORE_ENV_VAR = "ORCHESTRATOR_STORE"
+if TYPE_CHECKING:
+    import psycopg
+
 SCHEMA_VERSION = 1
-LAYOUT_VERSION = "3"  # bump when a table is added: the next open creates what is missing
+# Bump when a table is added: the next open creates what is missing (4: orchestrator_in_flight).
+LAYOUT_VERSION = "4"
 META_TABLE = "orchestrator_meta"
 # Tables of ours that may already exist in a store (so not "foreign").
 OWN_TABLE_PREFIXES = ("orchestrator_", "stored_", "tracking", "proj_", "notification_tracking")
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-class StoreConfig(BaseModel):
-    """A parsed store URL. `redacted` is the only form fit for output."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: Literal["sqlite", "postgresql"]
-    path: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = 5432
-    user: str = "postgres"
-    password: SecretStr = SecretStr("")
-    dbname: str = ""
-    schema_name: str = "public"
-
-    @property
-    def redacted(self) -> str:
-        if self.kind == "sqlite":
-            return f"sqlite:///{self.path}"
-        auth = self.user + (":***" if self.password.get_secret_value() else "")
-        url = f"postgresql://{auth}@{self.host}:{self.port}/{self.dbname}"
-        return url if self.schema_name == "public" else f"{url}?schema={self.schema_name}"
-
-    def scrub(self, text: str) -> str:
-        """Remove the password from any text (an error message from a driver)."""
-        secret = self.password.get_secret_value()
-        return text.replace(secret, "***") if secret else text
-
-    def eventsourcing_env(self) -> dict[str, str]:
-        if self.kind == "sqlite":
-            return {
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": str(self.path),
-                "SQLITE_LOCK_TIMEOUT": "30",
-            }
-        return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": self.dbname,
-            "POSTGRES_HOST": self.host,
-            "POSTGRES_PORT": str(self.port),
-            "POSTGRES_USER": self.user,
-            "POSTGRES_PASSWORD": self.password.get_secret_value(),
-            "POSTGRES_SCHEMA": self.schema_name,
-            "POSTGRES_CONNECT_TIMEOUT": "5",
-            "POSTGRES_POOL_SIZE": "2",
-            "POSTGRES_MAX_OVERFLOW": "8",
-            "POSTGRES_LOCK_TIMEOUT": "30",
-            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "60",
-        }
-
-    def pg_conninfo(self) -> dict[str, str | int]:
-        return {
-            "host": self.host,
-            "port": self.port,
-            "user": self.user,
-            "password": self.password.get_secret_value(),
-            "dbname": self.dbname,
-            "connect_timeout": 3,
-            "application_name": "orchestrator",
-        }
 
 
 def sqlite_uri(path: Path) -> str:
     """A `file:` URI for a path, escaped (a '#' or '?' in a path is not a URI delimiter)."""
     return "file:" + quote(str(path))
-
-
-def store_url_from_env(explicit: str | None) -> str:
-    return explicit or os.environ.get(STORE_ENV_VAR) or DEFAULT_STORE_URL
-
-
-def parse_store_url(url: str) -> StoreConfig:
-    """Parse a store URL, or raise StoreError saying what a good one looks like."""
-    hint = "expected sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME"
-    if url.startswith("sqlite://"):
-        rest = url[len("sqlite://") :]
-        if not rest.startswith("/") or len(rest) < 2:
-            raise StoreError(f"store URL {url!r} has no file path; {hint}")
-        path = Path(rest[1:])  # sqlite:///rel/path -> rel/path; sqlite:////abs -> /abs
-        return StoreConfig(kind="sqlite", path=path)
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            parts = urlsplit(url)
-        except ValueError as exc:
-            raise StoreError(f"PostgreSQL store URL is malformed ({exc}); {hint}") from None
-        dbname = unquote(parts.path.lstrip("/"))
-        if not dbname:
-            raise StoreError(f"PostgreSQL store URL has no database name; {hint}")
-        query = parse_qs(parts.query)
-        schema = query.get("schema", ["public"])[0]
-        if not _SCHEMA_NAME.match(schema):
-            raise StoreError(f"schema name {schema!r} is not a plain lower-case identifier")
-        try:
-            port = parts.port or 5432
-        except ValueError as exc:
-            raise StoreError(f"PostgreSQL store URL has a bad port; {hint}") from exc
-        return StoreConfig(
-            kind="postgresql",
-            host=parts.hostname or "127.0.0.1",
-            port=port,
-            user=unquote(parts.username or "postgres"),
-            password=SecretStr(unquote(parts.password or "")),
-            dbname=dbname,
-            schema_name=schema,
-        )
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    what = f"scheme {scheme[:20]!r}" if scheme else "form"
-    raise StoreError(f"this store URL's {what} is not supported; {hint}")
 
 
 def create_private_file(path: Path) -> None:
@@ -154,63 +47,47 @@ def create_private_file(path: Path) -> None:
         os.chmod(path, 0o600)
 
 
-# --- the door: check a store before eventsourcing opens it -------------------------------
-
-
-def prepare_store(config: StoreConfig, *, create: bool) -> bool:
-    """Check that the store is ours (or new, if create) and of a schema we can read.
-
-    Returns whether every table of this layout is already in place."""
-    if config.kind == "sqlite":
-        meta = _prepare_sqlite(config, create=create)
-    else:
-        meta = _prepare_postgres(config, create=create)
-    return meta.get("layout") == LAYOUT_VERSION
-
-
 @contextlib.contextmanager
 def store_layout(config: StoreConfig, *, create: bool) -> Iterator[bool]:
     """Check the store, and yield whether its tables are in place.
 
-    When they are not, the block runs under a setup lock (PostgreSQL: an advisory
-    lock; its DDL is not safe to run from several processes at once) and the
-    layout is marked ready afterwards, so later opens run no DDL at all.
+    When they are not, the block runs under the store's set-up lock (it creates them)
+    and the layout is marked ready afterwards, so later opens run no DDL at all.
     """
-    if prepare_store(config, create=create):
-        yield True
+    if config.kind == "sqlite":
+        meta = _prepare_sqlite(config, create=create)
+        ready = meta.get("layout") == LAYOUT_VERSION
+        yield ready
+        if not ready:  # SQLite serialises DDL itself
+            _write_sqlite_meta(config, "layout", LAYOUT_VERSION)
         return
-    if config.kind == "sqlite":  # SQLite serialises DDL itself
-        yield False
-        _write_meta(config, "layout", LAYOUT_VERSION)
+    with pg_connect(config) as conn:
+        meta = _read_postgres(conn, config, create=create)
+    if meta.get("layout") == LAYOUT_VERSION:
+        yield True
         return
     with pg_connect(config) as conn:
         key = zlib.crc32(f"orchestrator-setup:{config.schema_name}".encode())
         conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
-            ready = prepare_store(config, create=create)
+            meta = _prepare_postgres(conn, config, create=create)  # again: another process may have set it up
+            ready = meta.get("layout") == LAYOUT_VERSION
             yield ready
             if not ready:
-                _write_meta(config, "layout", LAYOUT_VERSION)
+                _write_postgres_meta(conn, config, "layout", LAYOUT_VERSION)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
-def _write_meta(config: StoreConfig, key: str, value: str) -> None:
+def check_store(config: StoreConfig) -> dict[str, str]:
+    """Check, reading only, that an existing store is ours and of a schema we can read; its metadata."""
     if config.kind == "sqlite":
-        assert config.path is not None
-        with contextlib.closing(sqlite3.connect(config.path, timeout=30)) as lite, lite:
-            lite.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?)", (key, value))
-        return
+        return _prepare_sqlite(config, create=False)
     with pg_connect(config) as conn:
-        meta = psycopg.sql.SQL("{}.{}").format(
-            psycopg.sql.Identifier(config.schema_name), psycopg.sql.Identifier(META_TABLE)
-        )
-        conn.execute(
-            psycopg.sql.SQL(
-                "INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-            ).format(meta),
-            (key, value),
-        )
+        return _read_postgres(conn, config, create=False)
+
+
+# ---- SQLite -------------------------------------------------------------------------------
 
 
 def _prepare_sqlite(config: StoreConfig, *, create: bool) -> dict[str, str]:
@@ -226,7 +103,7 @@ def _prepare_sqlite(config: StoreConfig, *, create: bool) -> dict[str, str]:
             raise StoreError(f"cannot create store {config.redacted}: directory {path.parent} does not exist")
         create_private_file(path)
     try:
-        conn = sqlite3.connect(f"{sqlite_uri(path)}?mode={'rwc' if create else 'ro'}", uri=True)
+        conn = sqlite3.connect(f"{sqlite_uri(path)}?mode={'rwc' if create else 'ro'}", uri=True, timeout=30)
         try:
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             meta = _check_tables(config, tables, create=create, read_meta=lambda: _sqlite_meta(conn))
@@ -251,9 +128,20 @@ def _sqlite_meta(conn: sqlite3.Connection) -> dict[str, str]:
     return dict(conn.execute(f"SELECT key, value FROM {META_TABLE}").fetchall())
 
 
+def _write_sqlite_meta(config: StoreConfig, key: str, value: str) -> None:
+    assert config.path is not None
+    with contextlib.closing(sqlite3.connect(config.path, timeout=30)) as lite, lite:
+        lite.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?)", (key, value))
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
-def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """A plain connection for the door checks, with errors made readable."""
+    import psycopg
+
     try:
         conn = psycopg.connect(**config.pg_conninfo(), autocommit=True)  # type: ignore[arg-type]
     except psycopg.Error as exc:
@@ -268,36 +156,65 @@ def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[object,
         conn.close()
 
 
-def _prepare_postgres(config: StoreConfig, *, create: bool) -> dict[str, str]:
-    with pg_connect(config) as conn:
-        schema = config.schema_name
-        exists = conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)).fetchone()
-        if not exists:
-            if not create:
-                raise StoreError(f"no store at {config.redacted} (schema {schema!r} does not exist)")
-            conn.execute(psycopg.sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(psycopg.sql.Identifier(schema)))
-        tables = [
-            str(r[0])
-            for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
-            ).fetchall()
-        ]
-        meta = psycopg.sql.SQL("{}.{}").format(psycopg.sql.Identifier(schema), psycopg.sql.Identifier(META_TABLE))
+def _meta_table(config: StoreConfig) -> Any:
+    from psycopg import sql
 
-        def read_meta() -> dict[str, str]:
-            rows = conn.execute(psycopg.sql.SQL("SELECT key, value FROM {}").format(meta)).fetchall()
-            return {str(k): str(v) for k, v in rows}
+    return sql.SQL("{}.{}").format(sql.Identifier(config.schema_name), sql.Identifier(META_TABLE))
 
-        found = _check_tables(config, tables, create=create, read_meta=read_meta)
-        if create:
-            conn.execute(
-                psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {} (key TEXT PRIMARY KEY, value TEXT)").format(meta)
-            )
-            conn.execute(
-                psycopg.sql.SQL("INSERT INTO {} VALUES ('schema_version', %s) ON CONFLICT DO NOTHING").format(meta),
-                (str(SCHEMA_VERSION),),
-            )
-        return found
+
+def _read_postgres(conn: psycopg.Connection[Any], config: StoreConfig, *, create: bool) -> dict[str, str]:
+    """The checks, read-only: what the store holds (a new store reads as empty)."""
+    schema = config.schema_name
+    exists = conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (schema,)).fetchone()
+    if not exists:
+        if not create:
+            raise StoreError(f"no store at {config.redacted} (schema {schema!r} does not exist)")
+        return {}
+    tables = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+        ).fetchall()
+    ]
+    return _check_tables(config, tables, create=create, read_meta=lambda: _postgres_meta(conn, config))
+
+
+def _prepare_postgres(conn: psycopg.Connection[Any], config: StoreConfig, *, create: bool) -> dict[str, str]:
+    """The checks, then (with create, under the set-up lock) the schema and metadata table."""
+    from psycopg import sql
+
+    meta = _read_postgres(conn, config, create=create)
+    if create:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(config.schema_name)))
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (key TEXT PRIMARY KEY, value TEXT)").format(_meta_table(config))
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} VALUES ('schema_version', %s) ON CONFLICT DO NOTHING").format(_meta_table(config)),
+            (str(SCHEMA_VERSION),),
+        )
+    return meta
+
+
+def _postgres_meta(conn: psycopg.Connection[Any], config: StoreConfig) -> dict[str, str]:
+    from psycopg import sql
+
+    rows = conn.execute(sql.SQL("SELECT key, value FROM {}").format(_meta_table(config))).fetchall()
+    return {str(k): str(v) for k, v in rows}
+
+
+def _write_postgres_meta(conn: psycopg.Connection[Any], config: StoreConfig, key: str, value: str) -> None:
+    from psycopg import sql
+
+    conn.execute(
+        sql.SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value").format(
+            _meta_table(config)
+        ),
+        (key, value),
+    )
+
+
+# ---- both ---------------------------------------------------------------------------------
 
 
 def _check_tables(
@@ -305,12 +222,11 @@ def _check_tables(
     tables: list[str],
     *,
     create: bool,
-    read_meta: object,
+    read_meta: Callable[[], dict[str, str]],
 ) -> dict[str, str]:
     """The store's metadata, after checking the store is ours and readable by us."""
     if META_TABLE in tables:
-        assert callable(read_meta)
-        meta: dict[str, str] = read_meta()
+        meta = read_meta()
         version = int(meta.get("schema_version", "0") or 0)
         if version > SCHEMA_VERSION:
             raise StoreError(

@@ -1,0 +1,54 @@
+"""Clearing: the ended commands' tasks are cleared on the agent in one call, and that is recorded.
+
+Leftover agent tasks of commands no longer in flight (found by recovery) are
+cleared in the same call once the agent reports them ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+from orchestrator.agent.interface import AgentTaskStatus
+from orchestrator.crashpoints import crash_point
+from orchestrator.domain.commands import RootCommand
+from orchestrator.engine.agent_link import AgentLink
+from orchestrator.engine.report import CycleReport
+from orchestrator.engine.stopping import Stopper
+from orchestrator.engine.writer import Change, CommandWriter
+from orchestrator.errors import AgentError
+from orchestrator.store.unit_of_work import InventoryUnit
+
+
+class Clearer:
+    def __init__(self, link: AgentLink, writer: CommandWriter, held: dict[UUID, RootCommand], stopper: Stopper) -> None:
+        self.link = link
+        self.writer = writer
+        self.held = held
+        self.stopper = stopper
+
+    def run(self, report: CycleReport, statuses: Sequence[AgentTaskStatus] | None) -> None:
+        ended = [c for c in self.held.values() if c.ended]
+        uncleared = {c.id: [t.task_id for t in c.uncleared_tasks] for c in ended if c.uncleared_tasks}
+        agent_ids = [t.agent_task_id for c in ended for t in c.uncleared_tasks if t.agent_task_id]
+        leftovers = self.stopper.ended_leftovers(statuses)
+        if (agent_ids or leftovers) and self.link.ready():
+            try:
+                self.link.call(self.link.agent.clear_tasks, [*agent_ids, *leftovers])
+            except AgentError:
+                return
+            crash_point("after_agent_clear")
+            self.stopper.leftovers.difference_update(leftovers)
+            self.writer.apply({ident: _record_cleared(tasks) for ident, tasks in uncleared.items()})
+            report.cleared += len(agent_ids) + len(leftovers)
+        for ident in [c.id for c in ended]:
+            command = self.held.get(ident)
+            if command is not None and not command.in_flight:
+                del self.held[ident]
+
+
+def _record_cleared(task_ids: list[str]) -> Change:
+    def change(command: RootCommand, unit: InventoryUnit) -> None:
+        command.record_cleared([t for t in task_ids if not command.tasks[t].cleared])
+
+    return change

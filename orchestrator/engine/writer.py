@@ -1,0 +1,106 @@
+"""Recording what the engine learned, so that a conflict on one command never changes another.
+
+Each phase of a cycle describes what it learned of a command as a `Change`: a
+function that applies those facts to the command (and to the inventory, for end
+actions) through the command's own methods, and that only acts on what is
+still true of the command (a task still planned, still running...). The writer
+applies the changes to the commands it holds and saves them together. When the
+store refuses the transaction because another process changed one of them (a
+cancel, a lock taken on a shared entity), the writer re-reads every command of
+that transaction and applies each one's change again to its fresh copy: what
+the agent said is a fact whatever else happened, and the fresh copy decides
+what it means.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+
+from orchestrator.domain.commands import RootCommand
+from orchestrator.domain.model import EntityRef
+from orchestrator.store.event_store import EventStore
+from orchestrator.store.unit_of_work import InventoryUnit
+
+log = logging.getLogger("orchestrator.engine")
+Change = Callable[[RootCommand, InventoryUnit], None]
+Prefetch = Callable[[Sequence[RootCommand]], Iterable[EntityRef]]
+SAVE_BATCH = 1000  # commands per transaction (psycopg can hang on one huge pipelined insert, psycopg#685)
+ATTEMPTS = 10  # re-reads after conflicts before leaving the change to the next cycle
+
+
+class CommandWriter:
+    def __init__(self, store: EventStore, held: dict[UUID, RootCommand], stamp: Callable[[], dict[str, Any]]) -> None:
+        self.store = store
+        self.held = held
+        self.stamp = stamp
+        self.transactions = 0
+        self.events = 0
+        self.conflicts = 0
+
+    def apply(
+        self, changes: Mapping[UUID, Change], *, batch: int = SAVE_BATCH, prefetch: Prefetch | None = None
+    ) -> set[UUID]:
+        """Apply and save these changes, `batch` commands per transaction; the ids saved.
+
+        An exception raised by a change discards every change of its transaction (the
+        commands are read again) and propagates.
+        """
+        ids = [i for i in changes if i in self.held]
+        saved: set[UUID] = set()
+        for start in range(0, len(ids), batch):
+            part = ids[start : start + batch]
+            if self._apply_part(part, changes, prefetch):
+                saved.update(part)
+        return saved
+
+    def _apply_part(self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None) -> bool:
+        for _ in range(ATTEMPTS):
+            commands = [self.held[i] for i in ids if i in self.held]
+            unit = InventoryUnit(self.store)
+            try:
+                if prefetch is not None:
+                    unit.prefetch(prefetch(commands))
+                for command in commands:
+                    changes[command.id](command, unit)
+                pending = [c for c in commands if c.pending_events]
+                touched = unit.touched()
+                if not pending and not touched:
+                    return True
+                self.events += self.store.save(*pending, *touched, stamp=self.stamp())
+            except IntegrityError as exc:
+                self.conflicts += 1
+                log.info("store refused a write (%s); re-reading what it involved", str(exc).splitlines()[0][:200])
+                self._discard(commands, unit)
+                continue
+            except BaseException:
+                self._discard(commands, unit)
+                raise
+            self.transactions += 1
+            return True
+        log.warning("%d command(s) kept changing under the engine; the next cycle tries again", len(ids))
+        return False
+
+    def _discard(self, commands: Sequence[RootCommand], unit: InventoryUnit) -> None:
+        """Forget the unsaved changes: read the commands and entities of this transaction again."""
+        self.store.forget(unit.ids())
+        for command in commands:
+            self.reload(command.id)
+
+    def reload(self, command_id: UUID) -> RootCommand | None:
+        """The command as recorded now, held again (or let go when it is no longer in flight)."""
+        command = self.store.fresh(command_id)
+        if not isinstance(command, RootCommand) or not command.in_flight:
+            self.held.pop(command_id, None)
+            return None
+        self.held[command_id] = command
+        return command
+
+    def save_new(self, *aggregates: Any) -> None:
+        """Save aggregates that no other process can change (nothing to rebase)."""
+        self.events += self.store.save(*aggregates, stamp=self.stamp())
+        self.transactions += 1

@@ -1,0 +1,272 @@
+"""The event store: one event-sourced application over one database.
+
+It records aggregates' events (each stamped with who wrote it), reads them back
+one by one or in bulk, and keeps the index of root commands in flight
+(`orchestrator_in_flight`) in the same transaction as the events that change
+it. Reading the log goes through the library's notification log reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
+from eventsourcing.persistence import Mapper, MapperDeserialisationError, Notification, PersistenceError, StoredEvent
+from eventsourcing.system import NotificationLogReader
+from eventsourcing.utils import TopicError
+
+from orchestrator.domain.commands import RootCommand
+from orchestrator.domain.inventory import ENTITY_CLASSES
+from orchestrator.errors import StoreError, damaged_event
+from orchestrator.store.url import StoreConfig
+
+CACHE_SIZE = 20_000
+LOG_PAGE = 1000
+LOAD_CHUNK = 500  # aggregates per bulk query
+IN_FLIGHT_TABLE = "orchestrator_in_flight"  # root commands in flight, kept with the events that change it
+WRITER_ATTRIBUTE = "written_by"  # who wrote an event: stored with it, read back with it
+
+
+class Dialect(Protocol):
+    """What each database module provides to the event store (orchestrator/store/sqlite.py, postgres.py)."""
+
+    kind: str
+    factory_topic: str
+    events_table: str
+    snapshots_table: str
+
+    def latest_snapshots(self, recorder: Any, ids: Sequence[UUID]) -> list[StoredEvent]: ...
+
+    def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]: ...
+
+    def in_flight_ids(self, recorder: Any) -> list[UUID]: ...
+
+    def fill_in_flight(self, recorder: Any, ids: Sequence[UUID]) -> None: ...
+
+    def has_table(self, recorder: Any, table: str) -> bool: ...
+
+
+class CheckedMapper(Mapper[UUID]):
+    """Turns an unreadable stored event into one clear error (the history is never guessed at)."""
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        try:
+            return super().to_domain_event(stored_event)
+        except TopicError as exc:
+            detail = f"an event kind this version does not know ({str(exc).splitlines()[0][:80]})"
+        except MapperDeserialisationError as exc:
+            detail = str(exc.__cause__ or exc).splitlines()[0][:120]
+        raise damaged_event(stored_event.originator_id, stored_event.originator_version, stored_event.topic, detail)
+
+
+class OrchestratorApp(Application[UUID]):
+    """The event-sourced application: one event store, one notification log."""
+
+    name = "Orchestrator"
+    # Entities live long and every command locks some: snapshots keep them quick to load.
+    snapshotting_intervals = {cls: 100 for cls in ENTITY_CLASSES.values()}
+    log_section_size = LOG_PAGE
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=CheckedMapper)
+
+
+def writer_of(event: Any) -> dict[str, Any]:
+    """Who wrote an event (empty for events written before events were stamped)."""
+    found = getattr(event, WRITER_ATTRIBUTE, None)
+    return dict(found) if isinstance(found, dict) else {}
+
+
+class EventStore:
+    """Aggregates in and out of one store; nothing here knows what a command means."""
+
+    def __init__(self, config: StoreConfig, dialect: Dialect, app: OrchestratorApp) -> None:
+        self.config = config
+        self.dialect = dialect
+        self.app = app
+        self.reader = NotificationLogReader(app.notification_log, section_size=LOG_PAGE)
+
+    @classmethod
+    def open(cls, config: StoreConfig, dialect: Dialect, *, create_tables: bool, read_only: bool = False) -> EventStore:
+        env = {
+            **config.eventsourcing_env(),
+            "PERSISTENCE_MODULE": dialect.factory_topic,
+            # Cached aggregates are fast-forwarded with new events on every get, and handed
+            # out without a copy: whoever changes one and fails to save it must `forget` it.
+            "AGGREGATE_CACHE_MAXSIZE": str(CACHE_SIZE),
+            "AGGREGATE_CACHE_FASTFORWARD": "y",
+            "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+            "CREATE_TABLE": "y" if create_tables and not read_only else "n",
+        }
+        if read_only and config.kind == "sqlite":
+            from orchestrator.store.door import sqlite_uri
+
+            assert config.path is not None
+            env["SQLITE_DBNAME"] = f"{sqlite_uri(config.path)}?mode=ro"
+        try:
+            app = OrchestratorApp(env=env)
+        except PersistenceError as exc:
+            raise StoreError(f"cannot open {config.redacted}: {config.scrub(str(exc))}") from None
+        return cls(config, dialect, app)
+
+    def close(self) -> None:
+        self.app.close()
+
+    @property
+    def recorder(self) -> Any:
+        return self.app.recorder
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def save(self, *aggregates: Any, stamp: Mapping[str, Any] | None = None) -> int:
+        """Record every pending event of these aggregates in one transaction, then snapshots.
+
+        The same as `Application.save` minus its per-object runtime protocol checks (they
+        cost more than the insert when a cycle saves thousands of aggregates), plus: each
+        event is stamped with its writer, and the in-flight index changes with the events.
+        Returns the number of events recorded.
+        """
+        events: list[Any] = []
+        snapshots: list[tuple[UUID, int]] = []
+        added: list[UUID] = []
+        removed: list[UUID] = []
+        for aggregate in aggregates:
+            collected = aggregate.collect_events()
+            events.extend(collected)
+            if isinstance(aggregate, RootCommand) and collected:
+                if collected[0].originator_version == 1:
+                    added.append(aggregate.id)
+                if not aggregate.in_flight:
+                    removed.append(aggregate.id)
+            interval = self.app.snapshotting_intervals.get(type(aggregate))
+            if interval:
+                due = [e.originator_version for e in collected if e.originator_version % interval == 0]
+                snapshots += [(aggregate.id, version) for version in due]
+        if stamp:
+            written_by = dict(stamp)
+            for event in events:
+                object.__setattr__(event, WRITER_ATTRIBUTE, written_by)
+        if events:
+            self.app.events.put(events, in_flight_added=added, in_flight_removed=removed)
+        for ident, version in snapshots:
+            self.app.take_snapshot(ident, version=version)
+        return len(events)
+
+    def forget(self, ids: Iterable[UUID] | None = None) -> None:
+        """Drop cached aggregates (all, or these) after a change that was not saved."""
+        cache: Any = self.app.repository.cache
+        if cache is None:
+            return
+        if ids is None:
+            self.app.repository.cache = LRUCache(maxsize=CACHE_SIZE)
+            return
+        for ident in ids:
+            with contextlib.suppress(KeyError):
+                cache.get(ident, evict=True)
+
+    # ---- reading one ------------------------------------------------------------------------
+
+    def get(self, ident: UUID, version: int | None = None) -> Any | None:
+        try:
+            return self.app.repository.get(ident, version=version)
+        except AggregateNotFoundError:
+            return None
+
+    def fresh(self, ident: UUID) -> Any | None:
+        """The aggregate as recorded now (its cached copy, which may hold unsaved changes, dropped)."""
+        self.forget([ident])
+        return self.get(ident)
+
+    def events_of(self, ident: UUID) -> list[Any]:
+        return list(self.app.events.get(ident))
+
+    # ---- reading many -----------------------------------------------------------------------
+
+    def load_aggregates(self, ids: list[UUID]) -> dict[UUID, Any]:
+        """Aggregates by id, in two queries per chunk whatever their number.
+
+        Cached aggregates are brought up to date, the others start from their latest
+        snapshot (one query for all of them); then one query fetches every event after
+        those versions. Newly loaded aggregates go into the cache.
+        """
+        cache: Any = self.app.repository.cache
+        found: dict[UUID, Any] = {}
+        missing: list[UUID] = []
+        for ident in ids:
+            try:
+                found[ident] = cache.get(ident)
+            except KeyError:
+                missing.append(ident)
+        for snapshot in self._chunked(self._latest_snapshots, missing):
+            found[_uuid(snapshot.originator_id)] = self.app.mapper.to_domain_event(snapshot).mutate(None)  # type: ignore[attr-defined]
+        versions = [(i, found[i].version if i in found else 0) for i in ids]
+        for stored in self._chunked(self._events_after, versions):
+            ident = _uuid(stored.originator_id)
+            aggregate = found.get(ident)
+            if aggregate is None and stored.originator_version == 1:
+                found[ident] = self.app.mapper.to_domain_event(stored).mutate(None)  # type: ignore[attr-defined]
+            elif aggregate is not None and stored.originator_version == aggregate.version + 1:
+                self.app.mapper.to_domain_event(stored).mutate(aggregate)  # type: ignore[attr-defined]
+        for ident in missing:
+            if ident in found:
+                cache.put(ident, found[ident])
+        return found
+
+    def load_commands(self, ids: Sequence[UUID]) -> list[RootCommand]:
+        """Replay many commands, one query per chunk (recovery loads everything in flight)."""
+        by_id: dict[UUID, list[StoredEvent]] = {}
+        for event in self._chunked(self._events_after, [(i, 0) for i in ids]):
+            by_id.setdefault(_uuid(event.originator_id), []).append(event)
+        out: list[RootCommand] = []
+        for events in by_id.values():
+            command: Any = None
+            for stored_event in events:
+                command = self.app.mapper.to_domain_event(stored_event).mutate(command)  # type: ignore[attr-defined]
+            if isinstance(command, RootCommand):
+                out.append(command)
+        return out
+
+    def _latest_snapshots(self, ids: Sequence[UUID]) -> list[StoredEvent]:
+        if not ids or self.app.snapshots is None:
+            return []
+        return self.dialect.latest_snapshots(self.app.snapshots.recorder, ids)
+
+    def _events_after(self, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
+        return self.dialect.events_after(self.recorder, versions) if versions else []
+
+    @staticmethod
+    def _chunked(select: Any, items: Sequence[Any]) -> Iterator[StoredEvent]:
+        for start in range(0, len(items), LOAD_CHUNK):
+            yield from select(items[start : start + LOAD_CHUNK])
+
+    # ---- the log and the in-flight index ----------------------------------------------------
+
+    def head(self) -> int:
+        return int(self.recorder.max_notification_id() or 0)
+
+    def notifications(
+        self, *, after: int, topics: Sequence[str] = (), stop: int | None = None
+    ) -> Iterator[Sequence[Notification]]:
+        """Pages of the log after a position, optionally of some topics only, up to `stop`."""
+        return self.reader.select(start=after, stop=stop, topics=topics, inclusive_of_start=False)
+
+    def originators(self, topics: Sequence[str], *, after: int = 0) -> Iterator[UUID]:
+        for page in self.notifications(after=after, topics=topics):
+            for n in page:
+                yield _uuid(n.originator_id)
+
+    def in_flight_ids(self) -> list[UUID]:
+        return self.dialect.in_flight_ids(self.recorder)
+
+    def fill_in_flight(self, ids: Sequence[UUID]) -> None:
+        self.dialect.fill_in_flight(self.recorder, ids)
+
+    def has_table(self, table: str) -> bool:
+        return self.dialect.has_table(self.recorder, table)
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))

@@ -1,0 +1,194 @@
+"""Everything PostgreSQL-specific: the recorder, bulk loads, the in-flight index and the locks.
+
+The recorder is the library's, extended to keep `orchestrator_in_flight` (the
+root commands in flight) in the same transaction as the events that change it.
+
+Bulk loads look up each aggregate through the primary-key index with a LATERAL
+subquery per id: a plain join lets the planner pick a hash or merge join over
+the whole table when it has no statistics (freshly written, autovacuum off), so
+recovery would cost what the history holds rather than what is in flight.
+`OFFSET 0` keeps PostgreSQL from flattening the lateral into such a join, and
+JIT is switched off for these reads: without statistics the planner's cost
+estimate is huge, and compiling the plan would take longer than running it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.utils import get_topic
+from psycopg.sql import SQL, Identifier
+
+from orchestrator.errors import StoreError
+from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.url import StoreConfig
+
+EVENTS_TABLE = "orchestrator_events"
+SNAPSHOTS_TABLE = "orchestrator_snapshots"
+
+
+class InFlightRecorder(PostgresApplicationRecorder):
+    """The library's recorder, keeping the in-flight index in the same transaction as the events."""
+
+    def __init__(self, datastore: PostgresDatastore, events_table_name: str = EVENTS_TABLE) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.in_flight = SQL("{}.{}").format(Identifier(datastore.schema), Identifier(IN_FLIGHT_TABLE))
+        self.sql_create_statements.append(
+            SQL("CREATE TABLE IF NOT EXISTS {} (command_id TEXT PRIMARY KEY)").format(self.in_flight)
+        )
+
+    def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        added: Sequence[UUID] = kwargs.get("in_flight_added", ())
+        removed: Sequence[UUID] = kwargs.get("in_flight_removed", ())
+        if added:
+            curs.execute(
+                SQL("INSERT INTO {} SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING").format(self.in_flight),
+                ([str(i) for i in added],),
+            )
+        if removed:
+            curs.execute(
+                SQL("DELETE FROM {} WHERE command_id = ANY(%s)").format(self.in_flight), ([str(i) for i in removed],)
+            )
+
+
+LIBPQ_EXTRAS = "ORCHESTRATOR_LIBPQ_EXTRAS"
+
+
+class Factory(PostgresFactory):
+    """The library's PostgreSQL factory with our recorder, passing on every libpq parameter of the URL.
+
+    The library's datastore passes five connection parameters to its pool; the rest (sslmode,
+    sslrootcert, options, target_session_attrs ...) are handed to the pool here, before it
+    opens its first connection.
+    """
+
+    application_recorder_class = InFlightRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        extras = json.loads(self.env.get(LIBPQ_EXTRAS) or "{}")
+        kwargs = self.datastore.pool.kwargs
+        if isinstance(kwargs, dict):
+            kwargs.update(extras)
+
+
+FACTORY_TOPIC = get_topic(Factory)
+
+
+def _stored(rows: Sequence[Any]) -> list[StoredEvent]:
+    return [StoredEvent(r["originator_id"], r["originator_version"], r["topic"], bytes(r["state"])) for r in rows]
+
+
+class PostgresDialect:
+    """The SQL of bulk loads and of the in-flight index, for the event store."""
+
+    kind = "postgresql"
+    factory_topic = FACTORY_TOPIC
+    events_table = EVENTS_TABLE
+    snapshots_table = SNAPSHOTS_TABLE
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+
+    def _table(self, name: str) -> str:
+        return f'"{self.config.schema_name}"."{name}"'
+
+    def select_stored(self, recorder: Any, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
+        with recorder.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
+            cursor.execute(sql, params)
+            return _stored(cursor.fetchall())
+
+    def latest_snapshots(self, recorder: Any, ids: Sequence[UUID]) -> list[StoredEvent]:
+        table = self._table(recorder.events_table_name)
+        newest = f"SELECT * FROM {table} x WHERE x.originator_id = v.id ORDER BY x.originator_version DESC LIMIT 1"
+        sql = f"SELECT s.* FROM unnest(%s::uuid[]) AS v(id) CROSS JOIN LATERAL ({newest}) s"
+        return self.select_stored(recorder, sql, [list(ids)])
+
+    def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
+        table = self._table(recorder.events_table_name)
+        lookup = f"SELECT * FROM {table} x WHERE x.originator_id = v.id AND x.originator_version > v.ver OFFSET 0"
+        sql = (
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state"
+            f" FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, ver) CROSS JOIN LATERAL ({lookup}) e"
+            " ORDER BY e.originator_id, e.originator_version"
+        )
+        return self.select_stored(recorder, sql, [[i for i, _ in versions], [v for _, v in versions]])
+
+    def in_flight_ids(self, recorder: Any) -> list[UUID]:
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(f"SELECT command_id FROM {self._table(IN_FLIGHT_TABLE)}")
+            return [UUID(r["command_id"]) for r in cursor.fetchall()]
+
+    def fill_in_flight(self, recorder: Any, ids: Sequence[UUID]) -> None:
+        with recorder.datastore.transaction(commit=True) as cursor:
+            cursor.execute(
+                f"INSERT INTO {self._table(IN_FLIGHT_TABLE)} SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                ([str(i) for i in ids],),
+            )
+
+    def has_table(self, recorder: Any, table: str) -> bool:
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                (self.config.schema_name, table),
+            )
+            return cursor.fetchone() is not None
+
+
+def advisory_key(config: StoreConfig, purpose: str) -> int:
+    """An advisory lock key for one purpose in one store (locks are database-wide: the schema is in it)."""
+    return zlib.crc32(f"orchestrator-{purpose}:{config.schema_name}".encode())
+
+
+class AdvisoryLock:
+    """A session advisory lock held by a connection of its own: it goes when the connection goes."""
+
+    def __init__(self, config: StoreConfig, purpose: str) -> None:
+        self.config = config
+        self.key = advisory_key(config, purpose)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    def try_acquire(self) -> bool:
+        if self._conn is not None:
+            return True
+        try:
+            info = self.config.pg_conninfo(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+            conn = psycopg.connect(**info, autocommit=True)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            reason = self.config.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            raise StoreError(f"cannot connect to {self.config.redacted}: {reason}") from None
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        if not row or not row[0]:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[bool]:
+        got = self.try_acquire()
+        try:
+            yield got
+        finally:
+            if got:
+                self.release()

@@ -1,0 +1,170 @@
+"""Everything SQLite-specific: the recorder, bulk loads, the in-flight index and the locks.
+
+The recorder is the library's, extended to keep `orchestrator_in_flight` (the
+root commands in flight) in the same transaction as the events that change it,
+so that table is as true as the log itself and no rebuild can touch it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore, SQLiteFactory
+from eventsourcing.utils import get_topic
+
+from orchestrator.store.door import create_private_file
+from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.url import StoreConfig
+
+EVENTS_TABLE = "stored_events"
+SNAPSHOTS_TABLE = "stored_snapshots"
+
+
+class InFlightRecorder(SQLiteApplicationRecorder):
+    """The library's recorder, keeping the in-flight index in the same transaction as the events."""
+
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = EVENTS_TABLE) -> None:
+        super().__init__(datastore, events_table_name)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {IN_FLIGHT_TABLE} (command_id TEXT PRIMARY KEY)",
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        added: Sequence[UUID] = kwargs.get("in_flight_added", ())
+        removed: Sequence[UUID] = kwargs.get("in_flight_removed", ())
+        for ident in added:
+            c.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
+        for ident in removed:
+            c.execute(f"DELETE FROM {IN_FLIGHT_TABLE} WHERE command_id = ?", (ident.hex,))
+        return ids
+
+
+class Factory(SQLiteFactory):
+    """The library's SQLite factory with our recorder."""
+
+    application_recorder_class = InFlightRecorder
+
+
+FACTORY_TOPIC = get_topic(Factory)
+
+
+def rows_as_stored(rows: Sequence[Any]) -> list[StoredEvent]:
+    return [StoredEvent(UUID(r["originator_id"]), r["originator_version"], r["topic"], r["state"]) for r in rows]
+
+
+class SQLiteDialect:
+    """The SQL of bulk loads and of the in-flight index, for the event store."""
+
+    kind = "sqlite"
+    factory_topic = FACTORY_TOPIC
+    events_table = EVENTS_TABLE
+    snapshots_table = SNAPSHOTS_TABLE
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+
+    def select_stored(self, recorder: Any, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(sql, params)
+            return rows_as_stored(cursor.fetchall())
+
+    def latest_snapshots(self, recorder: Any, ids: Sequence[UUID]) -> list[StoredEvent]:
+        table = recorder.events_table_name
+        marks = ",".join("?" * len(ids))
+        newest = f"SELECT MAX(originator_version) FROM {table} x WHERE x.originator_id = s.originator_id"
+        sql = f"SELECT * FROM {table} s WHERE originator_id IN ({marks}) AND originator_version = ({newest})"
+        return self.select_stored(recorder, sql, [i.hex for i in ids])
+
+    def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
+        values = ",".join("(?, ?)" for _ in versions)
+        sql = (
+            f"SELECT e.originator_id, e.originator_version, e.topic, e.state FROM {recorder.events_table_name} e"
+            f" JOIN (VALUES {values}) v ON e.originator_id = v.column1 AND e.originator_version > v.column2"
+            " ORDER BY e.originator_id, e.originator_version"
+        )
+        return self.select_stored(recorder, sql, [x for i, v in versions for x in (i.hex, v)])
+
+    def in_flight_ids(self, recorder: Any) -> list[UUID]:
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"SELECT command_id FROM {IN_FLIGHT_TABLE}")
+            return [UUID(r[0]) for r in cursor.fetchall()]
+
+    def fill_in_flight(self, recorder: Any, ids: Sequence[UUID]) -> None:
+        with recorder.datastore.transaction(commit=True) as cursor:
+            for ident in ids:
+                cursor.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
+
+    def has_table(self, recorder: Any, table: str) -> bool:
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
+            return cursor.fetchone() is not None
+
+
+def lock_file_for(database: Path, purpose: str) -> Path:
+    """A lock file keyed by the database file itself, whatever path (or symlink) it was opened by.
+
+    It sits beside the real file, named after its device and inode, so two paths to one
+    database (a symlink, a relative and an absolute path) find the same lock.
+    """
+    real = Path(os.path.realpath(database))
+    try:
+        st = real.stat()
+    except OSError:
+        return real.with_name(f"{real.name}.{purpose}.lock")
+    return real.with_name(f".{real.name}.{st.st_dev:x}-{st.st_ino:x}.{purpose}.lock")
+
+
+class FileLock:
+    """An exclusive `flock` on a lock file: held until released or until the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        create_private_file(self.path)
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[bool]:
+        got = self.try_acquire()
+        try:
+            yield got
+        finally:
+            if got:
+                self.release()
