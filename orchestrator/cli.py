@@ -568,6 +568,9 @@ def agent_faults(
     phantoms: Annotated[int | None, typer.Option(min=0, max=100, help="tasks reported but never given")] = None,
     extra_seconds: Annotated[float | None, typer.Option(min=0, help="added to every task's duration")] = None,
     latency: Annotated[float | None, typer.Option(min=0, help="seconds each call takes")] = None,
+    create_answer_latency: Annotated[
+        float | None, typer.Option(min=0, help="seconds a create call's answer is held after the tasks were made")
+    ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="switch every fault off first")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -585,6 +588,7 @@ def agent_faults(
             "phantom_tasks": phantoms,
             "extra_task_seconds": extra_seconds,
             "call_latency": latency,
+            "create_answer_latency": create_answer_latency,
             "unreachable_until": now + unreachable_for if unreachable_for is not None else None,
             "malformed_until": now + malformed_for if malformed_for is not None else None,
         }

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from orchestrator.errors import StoreError
 from orchestrator.store import StoreConfig, sqlite_uri
+from orchestrator.store.sqlite import FileLock, lock_file_for
 
 
 class Cursor(Protocol):
@@ -158,16 +159,30 @@ class ViewDatabase:
                 pg.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
                 yield _PgCursor(pg.cursor())
 
-    def table_exists(self, cursor: Cursor, table: str) -> bool:
+    def tables_starting(self, cursor: Cursor, prefix: str) -> list[str]:
+        """Tables whose name starts with a prefix (shadow tables a killed rebuild left behind)."""
+        pattern = prefix.replace("_", "\\_") + "%"
         if self.dialect == "sqlite":
-            cursor.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
+            cursor.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ? ESCAPE '\\'", (pattern,))
         else:
             cursor.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema=? AND table_name=?",
-                (self.config.schema_name, table),
+                "SELECT table_name FROM information_schema.tables WHERE table_schema=? AND table_name LIKE ?",
+                (self.config.schema_name, pattern),
             )
-        return cursor.fetchone() is not None
+        return [str(r[0]) for r in cursor.fetchall()]
 
-    @property
-    def events_table(self) -> str:
-        return "stored_events" if self.dialect == "sqlite" else "orchestrator_events"
+    @contextmanager
+    def exclusive(self, purpose: str) -> Iterator[bool]:
+        """A store-wide lock for one purpose, held by this process until the block ends (or it dies).
+
+        Yields False, at once, if another process holds it."""
+        lock: Any
+        if self.dialect == "sqlite":
+            assert self.config.path is not None
+            lock = FileLock(lock_file_for(self.config.path, purpose))
+        else:
+            from orchestrator.store.postgres import AdvisoryLock
+
+            lock = AdvisoryLock(self.config, purpose)
+        with lock.holding() as got:
+            yield got

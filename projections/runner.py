@@ -13,24 +13,33 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
 from orchestrator.domain.commands import RootCommand
-from orchestrator.errors import damaged_event
+from orchestrator.errors import OrchestratorError, damaged_event
 from projections.db import Cursor, ViewDatabase
 from projections.views import LIFECYCLE_RANK, PROJECTIONS, Projection, RawEvent, StatementBatch
 
 TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
+REBUILD_LOCK = "rebuild"
 BATCH_SIZE = 1000
 # Only these events change a read model; others are passed over (but counted).
 RELEVANT_PREFIX = RootCommand.Accepted.__module__ + ":RootCommand."
 
 ProgressCallback = Callable[[int, int], None]  # (position, head)
+
+
+class RebuildBusyError(OrchestratorError):
+    """Another rebuild or verification holds the store's rebuild lock."""
+
+    exit_code = 11
 
 
 @dataclass
@@ -171,16 +180,37 @@ class ProjectionRunner:
                 time.sleep(interval)
 
     # ---- rebuild and verify ---------------------------------------------------------------
+    #
+    # Rebuilds and verifications exclude each other (a store-wide lock: a flock beside a SQLite
+    # file, a session advisory lock on PostgreSQL); each run fills shadow tables named for that
+    # run alone, and swaps them in (or compares them) in one transaction. A run killed at any
+    # moment leaves the live views as they were; its shadow tables are dropped by the next run.
 
-    def _fill_shadow(self, projection: Projection, progress: ProgressCallback | None, batch_size: int) -> int:
-        """Build the projection from the whole log into fresh tables; returns its position."""
-        shadow = f"{projection.name}{REBUILD_SUFFIX}"
+    @contextmanager
+    def _exclusive(self) -> Iterator[str]:
+        """The rebuild lock, and a shadow suffix of this run's own; RebuildBusyError if another runs."""
+        with self.db.exclusive(REBUILD_LOCK) as got:
+            if not got:
+                raise RebuildBusyError(
+                    "another rebuild or verification of the read models is running on this store; "
+                    "wait for it to finish, then try again"
+                )
+            self._drop_stale_shadows()
+            yield f"{REBUILD_SUFFIX}_{uuid.uuid4().hex[:8]}"
+
+    def _drop_stale_shadows(self) -> None:
         with self.db.write() as cur:
-            for table in projection.tables:
-                cur.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
-            for statement in projection.create_statements(REBUILD_SUFFIX):
+            for table in self.db.tables_starting(cur, "proj_"):
+                if REBUILD_SUFFIX in table:
+                    cur.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def _fill_shadow(
+        self, projection: Projection, suffix: str, progress: ProgressCallback | None, batch_size: int
+    ) -> int:
+        """Build the projection from the whole log into fresh tables; returns its position."""
+        with self.db.write() as cur:
+            for statement in projection.create_statements(suffix):
                 cur.execute(statement)
-            cur.execute(f"DELETE FROM {TRACKING_TABLE} WHERE projection = ?", (shadow,))
         position = 0
         head = self.head()
         while True:
@@ -188,7 +218,7 @@ class ProjectionRunner:
             if not notifications:
                 break
             with self.db.write(lock_name=f"rebuild:{projection.name}") as cur:
-                self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur, self.db.dialect)
+                self._batch_for(notifications, [(projection, position)], suffix).run(cur, self.db.dialect)
             position = notifications[-1].id
             if progress:
                 progress(position, max(head, position))
@@ -196,35 +226,47 @@ class ProjectionRunner:
                 break
         return position
 
-    def _catch_up_shadow(self, cur: Cursor, projection: Projection, position: int, stop: int | None) -> int:
+    def _catch_up_shadow(
+        self, cur: Cursor, projection: Projection, suffix: str, position: int, stop: int | None
+    ) -> int:
         while True:
             notifications = self._select(position, BATCH_SIZE, stop)
             if not notifications:
                 return position
-            self._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur, self.db.dialect)
+            self._batch_for(notifications, [(projection, position)], suffix).run(cur, self.db.dialect)
             position = notifications[-1].id
 
     def rebuild(
         self, projection: Projection, progress: ProgressCallback | None = None, batch_size: int = BATCH_SIZE
     ) -> RebuildResult:
         started = time.monotonic()
-        position = self._fill_shadow(projection, progress, batch_size)
-        with self.db.write() as cur:  # the swap: blocks live updates only for the last stretch
-            position = self._catch_up_shadow(cur, projection, position, None)
-            for table in projection.tables:
-                cur.execute(f"DROP TABLE IF EXISTS {table}")
-                cur.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
-            for statement in projection.index_statements("", ""):
-                cur.execute(statement)
-            cur.execute(
-                f"INSERT INTO {TRACKING_TABLE} VALUES (?, ?) ON CONFLICT (projection) DO UPDATE SET position = ?",
-                (projection.name, position, position),
-            )
+        with self._exclusive() as suffix:
+            position = self._fill_shadow(projection, suffix, progress, batch_size)
+            with self.db.write() as cur:  # the swap: blocks live updates only for the last stretch
+                position = self._catch_up_shadow(cur, projection, suffix, position, None)
+                for table in projection.tables:
+                    cur.execute(f"DROP TABLE IF EXISTS {table}")
+                    cur.execute(f"ALTER TABLE {table}{suffix} RENAME TO {table}")
+                for statement in projection.index_statements("", ""):
+                    cur.execute(statement)
+                cur.execute(
+                    f"INSERT INTO {TRACKING_TABLE} VALUES (?, ?) ON CONFLICT (projection) DO UPDATE SET position = ?",
+                    (projection.name, position, position),
+                )
         return RebuildResult(projection.name, position, time.monotonic() - started, position)
 
     def verify(self, projection: Projection, progress: ProgressCallback | None = None) -> VerifyResult:
         """Build a fresh copy and compare it with the live view, row by row, at one position."""
-        position = self._fill_shadow(projection, progress, BATCH_SIZE)
+        with self._exclusive() as suffix:
+            try:
+                return self._verify(projection, suffix, progress)
+            finally:
+                with self.db.write() as cur:
+                    for table in projection.tables:
+                        cur.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
+
+    def _verify(self, projection: Projection, suffix: str, progress: ProgressCallback | None) -> VerifyResult:
+        position = self._fill_shadow(projection, suffix, progress, BATCH_SIZE)
         result = VerifyResult(projection.name, 0)
         with self.db.write() as cur:
             live_position = self._positions(cur).get(projection.name, 0)
@@ -232,20 +274,18 @@ class ProjectionRunner:
                 # The live view lags; bring it to the same point first (it is ours to advance).
                 self._apply_live_until(cur, projection, live_position, position)
                 live_position = position
-            position = self._catch_up_shadow(cur, projection, position, live_position)
+            position = self._catch_up_shadow(cur, projection, suffix, position, live_position)
             result.position = live_position
             for table in projection.tables:
                 keys = projection.key_columns(table)
                 for label, left, right in (
-                    ("only in the live view", table, f"{table}{REBUILD_SUFFIX}"),
-                    ("only in the rebuild", f"{table}{REBUILD_SUFFIX}", table),
+                    ("only in the live view", table, f"{table}{suffix}"),
+                    ("only in the rebuild", f"{table}{suffix}", table),
                 ):
                     cur.execute(
                         f"SELECT * FROM (SELECT * FROM {left} EXCEPT SELECT * FROM {right}) d ORDER BY {keys} LIMIT 20"
                     )
                     result.differences += [f"{table}: {label}: {tuple(row)}" for row in cur.fetchall()]
-            for table in projection.tables:
-                cur.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
         return result
 
     def _apply_live_until(self, cur: Cursor, projection: Projection, after: int, stop: int) -> None:

@@ -9,13 +9,16 @@ subprocess (`python -m orchestrator run`) executes them; at a random moment of a
 SIGKILLed and restarted, sometimes killed again while it recovers. The simulated agent's
 faults are switched on at random and off again (unreachable for a while, slow calls, calls
 timing out, a share of tasks vanishing or failing, refused creations, malformed answers,
-phantom tasks): the engine subprocess reads them from the agent's state file on every call.
-Now and then a user cancels a command in flight. Every --truth-every cycles the soak compares
+phantom tasks, answers to create calls held back): the engine subprocess reads them from the
+agent's state file on every call. Now and then a user cancels a command in flight, or one just
+submitted while the engine is submitting its tasks; an engine start dies at the `in_recovery`
+crash point (verdicts recorded, stops not yet made); a rebuild or verification of the read models
+runs beside the engine, and is sometimes SIGKILLed midway. Every --truth-every cycles the soak compares
 every idle entity (no lock held) with the agent's storage, because a mismatch can be undone by
 later commands before the end (the simulated agent will create a volume on a deleted image).
 
 After the last cycle the soak clears the faults, kills the engine one last time, runs
-`orchestrator run --until-idle` and checks the seven invariants of DESIGN.md section 7 through a
+`orchestrator run --until-idle` and checks every invariant of docs/invariants.md through a
 fresh Orchestrator, plus what it watched on the way: no conflicting locks granted, no engine
 exit it did not cause, no engine traceback, the final run ended, every cancel that returned was
 recorded, and its own long-lived Orchestrator sees what the store holds. It prints a table (and
@@ -54,6 +57,7 @@ if str(REPO) not in sys.path:  # run as `python scripts/soak.py` from anywhere
 import orchestrator  # noqa: E402
 from orchestrator.agent.simulator import FaultConfig, SimulatedAgent  # noqa: E402
 from orchestrator.application import Orchestrator  # noqa: E402
+from orchestrator.crashpoints import CRASH_EXIT_CODE  # noqa: E402
 from orchestrator.domain.commands import RootCommand  # noqa: E402
 from orchestrator.domain.inventory import Disk, Template, Vm  # noqa: E402
 from orchestrator.domain.model import (  # noqa: E402
@@ -69,7 +73,7 @@ from orchestrator.invariants import InvariantResult, check_invariants, expected_
 from orchestrator.store import parse_store_url  # noqa: E402
 
 FLOW_NAMES = ("RemoveVm", "HibernateVm", "CreateTemplate", "CreateSnapshot")
-FAULT_KINDS = ("unreachable", "slow", "timeout", "vanish", "fail", "refuse", "malformed", "phantom")
+FAULT_KINDS = ("unreachable", "slow", "timeout", "vanish", "fail", "refuse", "malformed", "phantom", "slow_answer")
 VERBS = ("delete_image", "create_volume", "copy_image")
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 EARLY_KILL_SECONDS = 0.8  # a kill this soon after a start lands in (or right after) recovery
@@ -91,6 +95,9 @@ class SoakConfig:
     fault_chance: float = 0.4
     conflict_chance: float = 0.4
     cancel_chance: float = 0.3
+    race_cancel_chance: float = 0.3
+    recovery_crash_chance: float = 0.15
+    rebuild_chance: float = 0.25
     fault_kinds: tuple[str, ...] = FAULT_KINDS
     truth_every: int = 5
     task_seconds: float = 0.6
@@ -127,7 +134,10 @@ class Figures:
     conflicts_tried: int = 0
     parallel_templates: int = 0
     cancels: int = 0
+    cancels_racing: int = 0
     cancels_too_late: int = 0
+    recovery_crashes: int = 0
+    rebuilds: Counter[str] = field(default_factory=Counter)
     vms_seeded: int = 0
     max_in_flight: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -169,6 +179,7 @@ class Figures:
                 "conflicts_tried": self.conflicts_tried,
                 "parallel_templates": self.parallel_templates,
                 "cancels_requested": self.cancels,
+                "cancels_racing_submission": self.cancels_racing,
                 "cancels_too_late": self.cancels_too_late,
                 "max_in_flight": self.max_in_flight,
                 "ended": dict(self.outcomes),
@@ -176,6 +187,8 @@ class Figures:
                 "failure_causes": dict(self.failure_causes),
             },
             "vms_seeded": self.vms_seeded,
+            "recovery_crashes": self.recovery_crashes,
+            "rebuilds": dict(self.rebuilds),
             "faults": {k: self.faults.get(k, 0) for k in FAULT_KINDS},
             "invariants": [r.model_dump() for r in self.invariants],
             "problems": self.problems,
@@ -215,21 +228,40 @@ class Engine:
         c = self.config
         return [sys.executable, "-m", "orchestrator", "--store", c.store, "--agent-state", str(c.agent_state)]
 
-    def start(self) -> None:
+    def start(self, *, crash_in_recovery: bool = False) -> None:
         assert self.proc is None
         batch = self.rng.choice(["1", "1", "2", "100"])  # one task per agent call makes kills land mid-command
         self.figures.submit_batches[batch] += 1
         self.figures.engine_starts += 1
         self.log_path = self.config.workdir / f"engine-{self.figures.engine_starts:04d}.log"
         self._log = self.log_path.open("wb")
+        extra = {"ORCHESTRATOR_CRASH_AT": "in_recovery"} if crash_in_recovery else {}
         self.proc = subprocess.Popen(
             [*self.argv(), "run"],
             cwd=REPO,
-            env=self.env(ORCHESTRATOR_SUBMIT_BATCH=batch),
+            env=self.env(ORCHESTRATOR_SUBMIT_BATCH=batch, **extra),
             stdout=subprocess.DEVNULL,
             stderr=self._log,
         )
         self.started_at = time.monotonic()
+
+    def crash_in_recovery(self, cycle: int) -> None:
+        """A start that exits at the `in_recovery` crash point (verdicts recorded, stops not yet made)."""
+        self.kill()
+        self.start(crash_in_recovery=True)
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code != CRASH_EXIT_CODE:
+            self.figures.problems.append(
+                f"cycle {cycle}: an engine meant to exit in recovery ended with {code}: {self.last_lines()}"
+            )
+        else:
+            self.figures.recovery_crashes += 1
+        self.kill()
+        self.start()
 
     def check_alive(self, cycle: int) -> None:
         """An engine that exited without being killed is a problem (a crash, or a crash loop)."""
@@ -279,6 +311,71 @@ class Engine:
         )
 
 
+class Rebuilder:
+    """Read-model rebuilds and verifications run beside the engine, some of them killed midway.
+
+    A run that ends by itself must end well: rebuilt (0), verified equal (0), or refused
+    because another runs (11). A verification that finds a difference (10) is a problem.
+    """
+
+    def __init__(self, config: SoakConfig, rng: random.Random, figures: Figures, engine: Engine) -> None:
+        self.config = config
+        self.rng = rng
+        self.figures = figures
+        self.engine = engine
+        self.runs: list[tuple[subprocess.Popen[str], str, float | None]] = []  # process, kind, kill at
+
+    def step(self, cycle: int) -> None:
+        self._reap(cycle)
+        if self.rng.random() >= self.config.rebuild_chance:
+            return
+        kind = self.rng.choice(["rebuild", "verify", "rebuild commands"])
+        args = ["projections", "rebuild", *(["--verify"] if kind == "verify" else kind.split()[1:])]
+        proc = subprocess.Popen(
+            [*self.engine.argv(), *args],
+            cwd=REPO,
+            env=self.engine.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        kill_at = time.monotonic() + self.rng.uniform(0.2, 1.5) if self.rng.random() < 0.4 else None
+        self.runs.append((proc, kind, kill_at))
+        self.figures.rebuilds[f"{kind} started"] += 1
+
+    def _reap(self, cycle: int) -> None:
+        still = []
+        for proc, kind, kill_at in self.runs:
+            if proc.poll() is None and kill_at is not None and time.monotonic() >= kill_at:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                self.figures.rebuilds[f"{kind} killed"] += 1
+                continue
+            if proc.poll() is None:
+                still.append((proc, kind, kill_at))
+                continue
+            _, stderr = proc.communicate()
+            if proc.returncode == 0:
+                self.figures.rebuilds[f"{kind} ok"] += 1
+            elif proc.returncode == 11:
+                self.figures.rebuilds[f"{kind} refused: another runs"] += 1
+            else:
+                tail = " | ".join(stderr.strip().splitlines()[-2:])
+                self.figures.problems.append(f"cycle {cycle}: projections {kind} exited {proc.returncode}: {tail}")
+        self.runs = still
+
+    def finish(self) -> None:
+        """Wait for the runs still going (bounded), then reap them."""
+        deadline = time.monotonic() + 120
+        while self.runs and time.monotonic() < deadline:
+            self._reap(self.figures.cycles)
+            time.sleep(0.05)
+        for proc, kind, _ in self.runs:
+            proc.kill()
+            self.figures.problems.append(f"projections {kind} did not end within 120s")
+        self.runs = []
+
+
 class Faults:
     """Faults switched on for a while, then off; written to the agent's state file each change."""
 
@@ -312,6 +409,8 @@ class Faults:
             return {"malformed_share": round(r.uniform(0.1, 0.5), 2)}
         if kind == "phantom":
             return {"phantom_tasks": r.randint(1, 3)}
+        if kind == "slow_answer":  # the agent makes the tasks, then its answer is slow: cancels race with it
+            return {"create_answer_latency": round(r.uniform(0.2, 1.0), 2)}
         raise ValueError(kind)
 
     def step(self, chance: float) -> None:
@@ -348,6 +447,10 @@ class Faults:
         self.active.clear()
         self.agent.backend.set_faults(FaultConfig())
 
+    def blocks_recovery(self) -> bool:
+        """While the agent cannot answer, recovery waits for it (it never decides from silence)."""
+        return any(k in self.active for k in ("unreachable", "timeout", "malformed"))
+
 
 class Soak:
     def __init__(self, config: SoakConfig, console: Console) -> None:
@@ -363,6 +466,7 @@ class Soak:
         self.orch = Orchestrator.open(config.store, agent_state=config.agent_state, create=True)
         self.agent = SimulatedAgent.open(config.agent_state)
         self.engine = Engine(config, self.rng, self.figures)
+        self.rebuilder = Rebuilder(config, self.rng, self.figures, self.engine)
         self.faults = Faults(self.agent, self.rng, self.figures, config.cycle_seconds, config.fault_kinds)
         self.pool: list[str] = []  # VM ids the soak still submits on
         self.accepted: dict[UUID, str] = {}  # command id -> flow
@@ -468,7 +572,9 @@ class Soak:
                 )
         return result.command_id
 
-    def submit_round(self) -> None:
+    def submit_round(self) -> list[UUID]:
+        """Submit commands of every flow on free VMs (and a deliberate conflict); the ids accepted."""
+        before = set(self.accepted)
         self.refresh_in_flight()
         vms = self.vms()
         free = [v for v in vms.values() if not v.locks]
@@ -498,6 +604,21 @@ class Soak:
                 if self.submit(flow, vm) is not None and flow == "CreateTemplate" and readers_only:
                     self.figures.parallel_templates += 1
         self.figures.max_in_flight = max(self.figures.max_in_flight, len(self.in_flight))
+        return [c for c in self.accepted if c not in before]
+
+    def cancel_racing(self, fresh: list[UUID]) -> None:
+        """A user cancels a command just accepted, while the engine is submitting its tasks."""
+        if not fresh:
+            return
+        time.sleep(self.rng.uniform(0.0, 0.4))
+        command_id = self.rng.choice(fresh)
+        try:
+            self.orch.request_cancel(command_id, "cancelled while being submitted")
+        except CommandRefusedError:
+            self.figures.cancels_too_late += 1
+            return
+        self.figures.cancels_racing += 1
+        self.cancelled.append(command_id)
 
     def cancel_one(self) -> None:
         """A user cancels a command in flight (the engine stops its tasks; the rest never start)."""
@@ -527,7 +648,12 @@ class Soak:
             if cycle % c.truth_every == 0:
                 self.check_truth_now(cycle)
             self.faults.step(c.fault_chance)
-            self.submit_round()
+            self.rebuilder.step(cycle)
+            fresh = self.submit_round()
+            if self.rng.random() < c.race_cancel_chance:
+                self.cancel_racing(fresh)
+            if self.rng.random() < c.recovery_crash_chance and not self.faults.blocks_recovery():
+                self.engine.crash_in_recovery(cycle)
             cancel_at = time.monotonic() + self.rng.uniform(0, c.cycle_seconds)
             cancel = self.rng.random() < c.cancel_chance
             if self.rng.random() < c.kill_chance:
@@ -550,6 +676,7 @@ class Soak:
                 markup=False,
             )
         self.engine.check_alive(c.cycles)
+        self.rebuilder.finish()
         self.faults.clear()
         self.engine.kill()
         drain_started = time.monotonic()
@@ -757,7 +884,15 @@ def render(figures: Figures) -> Table:
         f"{f.refused_state} by validation, {f.refused_contention} store contention); "
         f"{f.conflicts_tried} deliberate conflicts, {f.parallel_templates} parallel CreateTemplate accepted",
     )
-    table.add_row("cancels requested", f"{f.cancels} (and {f.cancels_too_late} too late: the command had ended)")
+    table.add_row(
+        "cancels requested",
+        f"{f.cancels} at random, {f.cancels_racing} racing a submission "
+        f"(and {f.cancels_too_late} too late: the command had ended or its end action begun)",
+    )
+    table.add_row("crashes inside recovery", str(f.recovery_crashes))
+    table.add_row(
+        "read-model rebuilds beside the engine", ", ".join(f"{n} {k}" for k, n in sorted(f.rebuilds.items())) or "none"
+    )
     ended = ", ".join(f"{n} {o}" for o, n in sorted(f.outcomes.items()))
     table.add_row("commands ended", ended or "none")
     for flow in FLOW_NAMES:
@@ -806,6 +941,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conflict-chance", type=float, default=0.4, help="chance per cycle of a deliberate conflict")
     p.add_argument("--cancel-chance", type=float, default=0.3, help="chance per cycle that a user cancels one")
     p.add_argument(
+        "--race-cancel-chance", type=float, default=0.3, help="chance per cycle to cancel a command just submitted"
+    )
+    p.add_argument(
+        "--recovery-crash-chance",
+        type=float,
+        default=0.15,
+        help="chance per cycle of an engine start dying in recovery",
+    )
+    p.add_argument(
+        "--rebuild-chance", type=float, default=0.25, help="chance per cycle to rebuild or verify the read models"
+    )
+    p.add_argument(
         "--faults",
         default=",".join(FAULT_KINDS),
         help=f"fault kinds to switch on, comma-separated (default: all of {','.join(FAULT_KINDS)})",
@@ -853,6 +1000,9 @@ def main(argv: list[str] | None = None) -> int:
         fault_chance=args.fault_chance,
         conflict_chance=args.conflict_chance,
         cancel_chance=args.cancel_chance,
+        race_cancel_chance=args.race_cancel_chance,
+        recovery_crash_chance=args.recovery_crash_chance,
+        rebuild_chance=args.rebuild_chance,
         fault_kinds=args.fault_kinds,
         truth_every=args.truth_every,
         task_seconds=args.task_seconds,

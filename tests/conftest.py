@@ -198,3 +198,54 @@ def store_sql(store_url: str, statement: str, params: tuple[Any, ...] = ()) -> l
     ) as pg:
         cur = pg.execute(statement.replace("?", "%s").encode(), params or None)
         return list(cur.fetchall()) if cur.description else []
+
+
+# A CLI process that imports everything first, says so, then waits on a barrier file: several of
+# them released together race for real, without their start-up times deciding the order.
+_AT_BARRIER = (
+    "import os, sys, time\n"
+    "from orchestrator.cli import main\n"
+    "ready, barrier, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])\n"
+    "open(ready, 'w').close()\n"
+    "deadline = time.monotonic() + 60\n"
+    "while not os.path.exists(barrier) and time.monotonic() < deadline:\n"
+    "    time.sleep(0.001)\n"
+    "time.sleep(delay)\n"
+    "main(sys.argv[4:])\n"
+)
+
+
+def start_together(
+    commands: list[list[str]], tmp_path: Path, *, delays: list[float] | None = None, env: dict[str, str] | None = None
+) -> list[subprocess.Popen[str]]:
+    """Start CLI commands in processes released together on a barrier (each after its delay)."""
+    tag = uuid.uuid4().hex[:8]
+    barrier = tmp_path / f"barrier-{tag}"
+    ready = [tmp_path / f"ready-{tag}-{i}" for i in range(len(commands))]
+    waits = delays or [0.0] * len(commands)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _AT_BARRIER, str(flag), str(barrier), str(delay), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or cli_env(),
+            cwd=REPO,
+        )
+        for args, delay, flag in zip(commands, waits, ready, strict=True)
+    ]
+    wait_for(lambda: all(f.exists() for f in ready), timeout=60, what="every process to finish its imports")
+    barrier.touch()
+    return procs
+
+
+def run_together(
+    commands: list[list[str]], tmp_path: Path, *, delays: list[float] | None = None, env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run CLI commands released together on a barrier; their results, in order."""
+    procs = start_together(commands, tmp_path, delays=delays, env=env)
+    out = []
+    for args, p in zip(commands, procs, strict=True):
+        stdout, stderr = p.communicate(timeout=180)
+        out.append(subprocess.CompletedProcess([*args], p.returncode, stdout, stderr))
+    return out

@@ -4,10 +4,9 @@ Every cycle SIGKILLs the engine subprocess and restarts it, switches an agent fa
 submits commands of every flow; at the end the script runs the engine until idle and checks the
 seven invariants. The test reads the script's JSON figures and checks them as a user would.
 
-The soak found one engine bug (cancelling a command whose create call was answered with garbage
-leaves its tasks running on the agent); its reproduction is below, marked as an expected failure
-until the engine is fixed. Until then the short soak runs without cancellations, so that it
-passes or fails on the faults of the brief alone.
+Cancels (at random and racing a submission), engine starts that die inside recovery, and read-model
+rebuilds beside the engine (some killed midway) happen every cycle too. The reproduction below is of
+a bug the soak once found (a cancel after a create call answered with garbage).
 """
 
 from __future__ import annotations
@@ -67,7 +66,8 @@ def test_short_soak_kills_the_engine_every_cycle_and_every_invariant_holds(
         agent_state,
         tmp_path,
         *("--cycles", str(CYCLES), "--seed", str(SEED), "--vms", "6", "--per-flow", "1"),
-        *("--cycle-seconds", "1.2", "--kill-chance", "1", "--fault-chance", "1", "--cancel-chance", "0"),
+        *("--cycle-seconds", "1.2", "--kill-chance", "1", "--fault-chance", "1", "--cancel-chance", "0.5"),
+        *("--race-cancel-chance", "1", "--recovery-crash-chance", "1", "--rebuild-chance", "1"),
         *("--truth-every", "2", "--final-timeout", "60"),
     )
     report = proc.stdout + proc.stderr
@@ -91,6 +91,10 @@ def test_short_soak_kills_the_engine_every_cycle_and_every_invariant_holds(
     assert "in flight" not in commands["ended"]
     # A fault was switched on every cycle.
     assert sum(figures["faults"].values()) == CYCLES
+    # Cancels raced submissions, starts died in recovery, the read models were rebuilt beside the engine.
+    assert commands["cancels_racing_submission"] >= 1
+    assert figures["recovery_crashes"] >= 1, "a start died in recovery (while the agent could answer)"
+    assert sum(n for k, n in figures["rebuilds"].items() if k.endswith("started")) == CYCLES
     # Idle entities were compared with the agent while the engine ran, not only at the end.
     assert figures["truth_checks_mid_run"] == CYCLES // 2
     assert figures["idle_images_compared_mid_run"] > 0

@@ -80,6 +80,9 @@ class FaultConfig(BaseModel):
     phantom_tasks: int = Field(0, ge=0, le=100, description="tasks reported but never given")
     extra_task_seconds: float = Field(0.0, ge=0, description="added to every task's duration")
     call_latency: float = Field(0.0, ge=0, description="seconds each call takes")
+    create_answer_latency: float = Field(
+        0.0, ge=0, description="seconds a create call's answer is held back after the tasks were made"
+    )
     timeout_seconds: float = Field(10.0, gt=0, description="a call slower than this times out")
     network_fault: NetworkFault = Field(
         "none", description="served over HTTP: how the agent server misbehaves until network_fault_until"
@@ -279,6 +282,8 @@ class SimulatedAgentBackend:
             domains = {r[0] for r in conn.execute("SELECT storage_domain_id FROM storage_domains")}
             for spec in specs:
                 answers.append(self._create_one(conn, spec, now, faults, domains))
+        if faults.create_answer_latency > 0:  # the tasks exist; their answer is slow to come back
+            time.sleep(faults.create_answer_latency)
         if self._garbled(faults):
             return [{"key": a["key"], "accepted": "yes please"} for a in answers]
         return answers
