@@ -19,7 +19,6 @@ from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
-from orchestrator.agent.simulator import SimulatedAgent, default_agent_state_path
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import (
@@ -42,6 +41,7 @@ from orchestrator.flows import get_flow
 from orchestrator.flows.base import Flow, FlowParams, PlanContext
 from orchestrator.store import EventStore, StoreConfig, dialect_for, parse_store_url, store_layout, store_url_from_env
 from orchestrator.store.unit_of_work import InventoryUnit
+from orchestrator.testing import SimulatedAgent, default_agent_state_path
 from projections.db import ViewDatabase
 from projections.queries import ViewQueries
 from projections.runner import ProjectionRunner

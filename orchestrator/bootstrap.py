@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from orchestrator.agent.interface import Agent
+from orchestrator.agent.port import AgentPort
 from orchestrator.application import Orchestrator
 from orchestrator.config import EngineSettings
 from orchestrator.engine.task_manager import TaskManager
@@ -17,7 +17,7 @@ from orchestrator.engine.task_manager import TaskManager
 
 def build_engine(
     orch: Orchestrator,
-    agent: Agent,
+    agent: AgentPort,
     settings: EngineSettings,
     *,
     update_projections: bool = True,

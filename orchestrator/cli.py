@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
@@ -33,6 +32,7 @@ from orchestrator.engine.lease import EngineLease
 from orchestrator.errors import AgentUnavailableError, InputError, OrchestratorError, StoreError
 from orchestrator.flows import FLOWS
 from orchestrator.render import command_detail, commands_table
+from orchestrator.testing import FaultConfig, SimulatedAgent
 from orchestrator.views import CommandView, InventoryItemView, LockView
 from projections.queries import ActiveTaskRow, CommandRow, EntityTaskRow, ViewFreshness
 from projections.views import select_projections

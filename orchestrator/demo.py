@@ -28,7 +28,6 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
@@ -37,6 +36,7 @@ from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.inspection import ReadOnlyStore, inspect_store
 from orchestrator.invariants import check_invariants
 from orchestrator.render import styled
+from orchestrator.testing import FaultConfig, SimulatedAgent
 
 
 def _engine_cmd(store: str, agent_state: Path, *extra: str) -> list[str]:

@@ -28,8 +28,7 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.agent.interface import parse_statuses
-from orchestrator.agent.simulator import SimulatedAgentBackend, default_agent_state_path
+from orchestrator.agent.port import parse_statuses
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.recovery import AgentView, Decision, decide
 from orchestrator.engine.polling import facts_of
@@ -37,6 +36,7 @@ from orchestrator.errors import NotFoundError, OrchestratorError
 from orchestrator.render import command_detail, styled
 from orchestrator.store import EventStore, StoreConfig, check_store, dialect_for, parse_store_url, store_url_from_env
 from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.testing import SimulatedAgentBackend, default_agent_state_path
 from orchestrator.views import CommandView, TaskView
 
 EXIT_CLEAN = 0

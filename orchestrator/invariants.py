@@ -15,12 +15,12 @@ from uuid import UUID
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
-from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, InventoryEntity, Template, Vm
 from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, parse_agent_task_key
 from orchestrator.store import writer_of
+from orchestrator.testing import SimulatedAgent
 
 
 class InvariantResult(BaseModel):

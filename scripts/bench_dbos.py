@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from dbos import DBOS, DBOSConfig
 
-from orchestrator.agent.interface import TaskSpec
-from orchestrator.agent.simulator import SimulatedAgent
+from orchestrator.agent.port import TaskSpec
+from orchestrator.testing import SimulatedAgent
 from scripts.bench_support import DISKS_PER_VM, PG_DSN, Scratch, Stopwatch, Store, TimedAgent, seed_agent_images
 
 DIRECT_LIMIT = 100

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import Orchestrator, SubmitResult
 from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
@@ -26,6 +25,7 @@ from orchestrator.domain.model import CommandStatus, TaskStatus
 from orchestrator.engine.report import CycleReport
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.invariants import check_invariants
+from orchestrator.testing import SimulatedAgent
 from projections.runner import ProjectionRunner
 from scripts.bench_sql import SqlTally, TallyWindow, sql_counting
 from scripts.bench_support import DISKS_PER_VM, Scratch, Stopwatch, Store, TimedAgent

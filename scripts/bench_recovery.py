@@ -23,7 +23,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import SEED_DOMAINS, Orchestrator
 from orchestrator.bootstrap import build_engine
 from orchestrator.config import load_engine_settings
@@ -33,6 +32,7 @@ from orchestrator.domain.model import CommandStatus, EntityRef, TaskStatus
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.flows import get_flow
 from orchestrator.flows.base import PlanContext
+from orchestrator.testing import SimulatedAgent
 from scripts.bench_support import DISKS_PER_VM, Scratch, Stopwatch, Store
 
 TASK_SECONDS = 24 * 3600.0

@@ -22,8 +22,8 @@ from typing import TypeVar
 
 import psycopg
 
-from orchestrator.agent.interface import AgentTaskStatus, CreateResult, StorageView, TaskSpec
-from orchestrator.agent.simulator import SimulatedAgent
+from orchestrator.agent.port import AgentTaskStatus, CreateResult, StorageView, TaskSpec
+from orchestrator.testing import SimulatedAgent
 
 PG_DSN = os.environ.get("ORCHESTRATOR_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 DISKS_PER_VM = 4

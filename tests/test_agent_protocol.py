@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from orchestrator.agent.http_client import HttpAgent, RpcClient
-from orchestrator.agent.interface import AgentTaskResult, AgentTaskState, TaskSpec
+from orchestrator.agent.port import AgentTaskResult, AgentTaskState, TaskSpec
 from orchestrator.agent.protocol import (
     METHODS,
     SCHEMA_PATH,

@@ -1,6 +1,6 @@
 """The agent server as a real process on loopback, driven through the HTTP client.
 
-Each server is `python -m orchestrator.agent.server` in a subprocess; every
+Each server is `python -m orchestrator.testing.agent_server` in a subprocess; every
 wait is a condition with a deadline, and every call is bounded by the client's
 timeouts, so each test finishes in seconds.
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.agent.http_client import HttpAgent, SimulatorAdmin
-from orchestrator.agent.interface import Agent, AgentTaskResult, AgentTaskState, TaskSpec
+from orchestrator.agent.port import AgentPort, AgentTaskResult, AgentTaskState, TaskSpec
 from orchestrator.agent.protocol import Fence, StaleEpochError
-from orchestrator.agent.server import GRACEFUL_SHUTDOWN_SECONDS
-from orchestrator.agent.simulator import FaultConfig, NetworkFault
 from orchestrator.errors import AgentError, AgentProtocolError, AgentUnavailableError
+from orchestrator.testing.agent_server import GRACEFUL_SHUTDOWN_SECONDS
+from orchestrator.testing.simulated_agent import FaultConfig, NetworkFault
 from tests.conftest import REPO, cli_env, wait_for
 
 POOL = "pool-a"
@@ -72,7 +72,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         args = [
             sys.executable,
             "-m",
-            "orchestrator.agent.server",
+            "orchestrator.testing.agent_server",
             "--state",
             str(state or tmp_path / "agent.db"),
             "--pool",
@@ -205,7 +205,7 @@ def test_sigint_stops_cleanly_too(start_server: StartServer) -> None:
 def test_refuses_bad_arguments_in_one_line(tmp_path: Path, args: list[str], error: str) -> None:
     base = ["--state", str(tmp_path / "a.db"), "--pool", POOL]
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.agent.server", *base, *args],
+        [sys.executable, "-m", "orchestrator.testing.agent_server", *base, *args],
         capture_output=True,
         text=True,
         env=cli_env(),
@@ -259,8 +259,8 @@ def test_create_is_idempotent_by_key_across_clients(start_server: StartServer) -
 def test_stop_clear_and_revert_over_http(start_server: StartServer) -> None:
     server = start_server(task_seconds=0.2)
     with SimulatorAdmin(server.url) as admin, fast_agent(server.url) as agent:
-        engine_view: Agent = agent  # what the engine needs (checked by mypy, and at run time below)
-        assert isinstance(engine_view, Agent)
+        engine_view: AgentPort = agent  # what the engine needs (checked by mypy, and at run time below)
+        assert isinstance(engine_view, AgentPort)
         seed_image(admin, "img-1")
         volume = {"storage_domain_id": DOMAIN, "image_id": "img-1", "volume_id": "vol-new", "parent_id": "img-1-vol"}
         (made,) = agent.create_tasks([TaskSpec(key="mk", verb="create_volume", args=volume)])

@@ -19,7 +19,6 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.bootstrap import build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
@@ -34,6 +33,7 @@ from orchestrator.errors import (
     UnknownFlowError,
 )
 from orchestrator.store import parse_store_url
+from orchestrator.testing import FaultConfig, SimulatedAgent
 from tests.conftest import (
     PG_DSN,
     cli_env,

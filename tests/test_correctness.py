@@ -22,8 +22,7 @@ from uuid import UUID
 
 import pytest
 
-from orchestrator.agent.interface import TaskSpec
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent, SimulatedAgentBackend
+from orchestrator.agent.port import TaskSpec
 from orchestrator.application import Orchestrator
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.commands import RootCommand
@@ -31,6 +30,7 @@ from orchestrator.domain.inventory import Vm
 from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.flows import FLOWS
 from orchestrator.invariants import expected_storage
+from orchestrator.testing import FaultConfig, SimulatedAgent, SimulatedAgentBackend
 from tests.conftest import (
     ONE_PER_CALL,
     REPO,

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator, SubmitResult
 from orchestrator.bootstrap import build_engine
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EntityRef, EntityType, entity_aggregate_id
 from orchestrator.flows import FLOWS
+from orchestrator.testing import FaultConfig, SimulatedAgent
 from tests.conftest import REPO, cli_env, engine_args, fast_settings, invariants_hold, run_cli, run_until_idle, wait_for
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.domain.inventory import Disk, Snapshot, Template, Vm
 from orchestrator.domain.model import EntityRef, EntityType
+from orchestrator.testing import FaultConfig, SimulatedAgent
 from tests.conftest import invariants_hold, run_until_idle
 
 FLOW_CASES: list[tuple[str, dict[str, Any]]] = [

@@ -23,7 +23,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.commands import RootCommand
@@ -32,6 +31,7 @@ from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.errors import NotFoundError, StoreError
 from orchestrator.inspection import EXIT_CLEAN, EXIT_NEEDS_RECOVERY
 from orchestrator.store import parse_store_url
+from orchestrator.testing import FaultConfig, SimulatedAgent
 from tests.conftest import (
     ONE_PER_CALL,
     PG_DSN,

@@ -20,14 +20,14 @@ from uuid import UUID
 
 import pytest
 
-from orchestrator.agent.interface import CreateResult, TaskSpec
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent, SimulatedAgentBackend
+from orchestrator.agent.port import CreateResult, TaskSpec
 from orchestrator.application import Orchestrator
 from orchestrator.bootstrap import build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import Disk, Template, Vm
 from orchestrator.domain.model import CommandStatus, EndKind, EntityRef, EntityType, TaskStatus
 from orchestrator.errors import EntityLockedError
+from orchestrator.testing import FaultConfig, SimulatedAgent, SimulatedAgentBackend
 from tests.conftest import (
     ONE_PER_CALL,
     REPO,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.crashpoints import CRASH_EXIT_CODE
+from orchestrator.testing import FaultConfig, SimulatedAgent
 from projections.db import Cursor
 from projections.runner import REBUILD_SUFFIX
 from projections.views import Projection

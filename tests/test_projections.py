@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from orchestrator.agent.simulator import FaultConfig, SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.bootstrap import build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
@@ -27,6 +26,7 @@ from orchestrator.domain.model import CommandStatus, EntityRef, EntityType, Task
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import CommandRefusedError
 from orchestrator.store import META_TABLE, parse_store_url
+from orchestrator.testing import FaultConfig, SimulatedAgent
 from projections.views import PROJECTIONS
 from tests.conftest import (
     ONE_PER_CALL,

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.agent.simulator import SimulatedAgent
 from orchestrator.application import Orchestrator
 from orchestrator.domain.inventory import Snapshot, Template
 from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.store import parse_store_url
+from orchestrator.testing import SimulatedAgent
 from tests.conftest import cli_env, pg_schema_url, run_cli, run_until_idle, store_sql
 
 SECRET = "s3cret"

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from orchestrator.agent.interface import (
+from orchestrator.agent.port import (
     AgentTaskStatus,
     CreateResult,
     StorageView,
@@ -61,8 +61,8 @@ from orchestrator.agent.protocol import (
     protocol_major,
     result_field,
 )
-from orchestrator.agent.simulator import FaultConfig
 from orchestrator.errors import AgentProtocolError, AgentUnavailableError, InputError
+from orchestrator.testing.simulated_agent import FaultConfig
 
 __all__ = ["HttpAgent", "RpcClient", "SimulatorAdmin", "StaleEpochError"]
 

@@ -24,9 +24,9 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from orchestrator.agent.interface import AgentTaskStatus, CreateResult, StorageView, TaskSpec
-from orchestrator.agent.simulator import FaultConfig
+from orchestrator.agent.port import AgentTaskStatus, CreateResult, StorageView, TaskSpec
 from orchestrator.errors import AgentError, AgentProtocolError
+from orchestrator.testing.simulated_agent import FaultConfig
 
 PROTOCOL_VERSION = "1.0"  # major.minor: a client refuses an agent of another major version
 JSONRPC_VERSION = "2.0"

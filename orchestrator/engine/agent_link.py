@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from orchestrator.agent.interface import Agent
+from orchestrator.agent.port import AgentPort
 from orchestrator.errors import AgentError
 
 log = logging.getLogger("orchestrator.engine")
@@ -21,7 +21,9 @@ FIRST_BACKOFF = 0.5
 
 
 class AgentLink:
-    def __init__(self, agent: Agent, *, poll_interval: float, backoff_max: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, agent: AgentPort, *, poll_interval: float, backoff_max: float, clock: Callable[[], float]
+    ) -> None:
         self.agent = agent
         self.poll_interval = poll_interval
         self.backoff_max = backoff_max

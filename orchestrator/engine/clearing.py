@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from orchestrator.agent.interface import AgentTaskStatus
+from orchestrator.agent.port import AgentTaskStatus
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
 from orchestrator.engine.agent_link import AgentLink

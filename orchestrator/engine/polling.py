@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from orchestrator.agent.interface import AgentTaskState, AgentTaskStatus
+from orchestrator.agent.port import AgentTaskState, AgentTaskStatus
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand, TaskState
 from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, parse_agent_task_key

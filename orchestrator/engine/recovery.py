@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from orchestrator.agent.interface import AgentTaskStatus
+from orchestrator.agent.port import AgentTaskStatus
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EndKind, FailureCause, TaskStatus, parse_agent_task_key

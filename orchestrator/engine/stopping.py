@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from orchestrator.agent.interface import AgentTaskStatus
+from orchestrator.agent.port import AgentTaskStatus
 from orchestrator.domain.commands import RootCommand
 from orchestrator.engine.agent_link import AgentLink
 from orchestrator.errors import AgentError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from orchestrator.agent.interface import CreateResult, TaskSpec
+from orchestrator.agent.port import CreateResult, TaskSpec
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand, TaskState
 from orchestrator.engine.agent_link import AgentLink

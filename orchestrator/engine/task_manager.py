@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
-from orchestrator.agent.interface import Agent
+from orchestrator.agent.port import AgentPort
 from orchestrator.config import EngineSettings
 from orchestrator.domain.commands import RootCommand
 from orchestrator.engine.agent_link import AgentLink
@@ -55,7 +55,7 @@ class TaskManager:
     def __init__(
         self,
         store: EventStore,
-        agent: Agent,
+        agent: AgentPort,
         settings: EngineSettings,
         *,
         clock: Callable[[], float] = time.time,

@@ -120,7 +120,7 @@ def _validated(adapter: TypeAdapter[T], raw: Any, call: str) -> T:
 
 
 @runtime_checkable
-class Agent(Protocol):
+class AgentPort(Protocol):
     """What the engine needs of a host agent. Every method is one call to the agent."""
 
     name: str

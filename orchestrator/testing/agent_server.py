@@ -1,6 +1,6 @@
 """An agent server: the simulated agent backend, served over the agent protocol.
 
-`serve()` (or `python -m orchestrator.agent.server --state PATH --pool ID`)
+`serve()` (or `python -m orchestrator.testing.agent_server --state PATH --pool ID`)
 opens the simulated agent's state file and answers JSON-RPC 2.0 calls on
 `POST /rpc` (see docs/agent-protocol.md). The tasks live in the state file
 and end on the agent's clock, so they keep running, and ending, while no
@@ -82,10 +82,10 @@ from orchestrator.agent.protocol import (
     StopTasksParams,
     UnseedParams,
 )
-from orchestrator.agent.simulator import NetworkFault, SimulatedAgentBackend, task_seconds_from_env
 from orchestrator.errors import AgentUnavailableError, InputError, OrchestratorError
+from orchestrator.testing.simulated_agent import NetworkFault, SimulatedAgentBackend, task_seconds_from_env
 
-log = logging.getLogger("orchestrator.agent.server")
+log = logging.getLogger("orchestrator.testing.agent_server")
 
 RPC_PATH = "/rpc"
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -623,7 +623,7 @@ def _quiet_signals() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.agent.server",
+        prog="python -m orchestrator.testing.agent_server",
         description="Serve the simulated host agent over the agent protocol (JSON-RPC 2.0 over HTTP).",
     )
     parser.add_argument("--state", type=Path, required=True, help="the simulated agent's state file")

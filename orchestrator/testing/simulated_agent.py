@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.agent.interface import (
+from orchestrator.agent.port import (
     AgentTaskStatus,
     CreateResult,
     StorageView,
@@ -56,7 +56,7 @@ FAULTS_ENV = "ORCHESTRATOR_AGENT_FAULTS"
 STATE_FILE_MARK = "orchestrator-simulated-agent"
 
 
-# How an agent server misbehaves on the wire (see orchestrator/agent/server.py):
+# How an agent server misbehaves on the wire (see orchestrator/testing/agent_server.py):
 # http_500 answers HTTP 500; drop closes the connection in the middle of an answer; garbage answers
 # a body that is not JSON-RPC; oversize answers a body larger than any client accepts; trickle sends
 # the answer a few bytes at a time, slower than a client waits; wrong_pool and future_version make
