@@ -16,28 +16,21 @@ verdicts say what recovery would do); the CLI's error codes otherwise
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel, Field
-from rich.console import Console
-from rich.table import Table
 
-from orchestrator.agent.port import parse_statuses
+from orchestrator.documents import CommandView, TaskView
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.recovery import AgentView, Decision, decide
-from orchestrator.engine.polling import facts_of
-from orchestrator.errors import NotFoundError, OrchestratorError
-from orchestrator.render import command_detail, styled
+from orchestrator.errors import NotFoundError
 from orchestrator.store import EventStore, StoreConfig, check_store, dialect_for, parse_store_url, store_url_from_env
 from orchestrator.store.event_store import IN_FLIGHT_TABLE
-from orchestrator.testing import SimulatedAgentBackend, default_agent_state_path
-from orchestrator.views import CommandView, TaskView
 
 EXIT_CLEAN = 0
 EXIT_NEEDS_RECOVERY = 20
@@ -130,24 +123,23 @@ class ReadOnlyStore:
         return command
 
 
-def _agent_tasks(store: ReadOnlyStore, agent_state: Path | None) -> tuple[AgentView | None, str]:
-    """The agent's tasks, read without changing the agent's state."""
-    path = agent_state or default_agent_state_path(store.config.path)
-    if not path.exists():
-        return None, f"no agent state at {path}: verdicts that depend on the agent are provisional"
-    try:
-        statuses = parse_statuses(SimulatedAgentBackend.peek_statuses(path))
-    except OrchestratorError as exc:
-        return None, f"{exc}: verdicts that depend on the agent are provisional"
-    return facts_of(statuses), f"reconciled with the agent at {path} ({len(statuses)} task(s) held)"
+@dataclass(frozen=True)
+class AgentReading:
+    """The agent's tasks as the inspection read them (None: not read), and a line saying how."""
+
+    view: AgentView | None
+    note: str
 
 
-def inspect_store(store: ReadOnlyStore, agent_state: Path | None, *, with_agent: bool) -> InspectionReport:
+NOT_CONSULTED = AgentReading(
+    None, "agent not consulted (--no-agent): verdicts that depend on the agent are provisional"
+)
+
+
+def inspect_store(store: ReadOnlyStore, agent: AgentReading = NOT_CONSULTED) -> InspectionReport:
+    """Every root command in flight and the verdict recovery would reach, given what the agent holds."""
     in_flight = [c for c in store.store.load_commands(store.in_flight_ids()) if c.in_flight]
-    agent_tasks: AgentView | None = None
-    note = "agent not consulted (--no-agent): verdicts that depend on the agent are provisional"
-    if with_agent:
-        agent_tasks, note = _agent_tasks(store, agent_state)
+    agent_tasks, note = agent.view, agent.note
     inspected = []
     summary: dict[str, int] = {}
     for command in in_flight:
@@ -241,75 +233,3 @@ def command_history(store: ReadOnlyStore, ident: str, at_version: int | None) ->
         state=CommandView.of(state),
         state_version=state.version,
     )
-
-
-def render_report(report: InspectionReport, console: Console) -> None:
-    console.print(f"store {report.store}: log head at event {report.log_head}")
-    console.print(report.agent_note)
-    if not report.commands:
-        console.print("nothing in flight: recovery has nothing to do")
-        return
-    overview = Table("command", "flow", "status", "agent ids", "verdict", "reason", title="commands in flight")
-    for c in report.commands:
-        with_id = sum(1 for t in c.tasks if t.agent_task_id)
-        verdict = c.verdict + (" (provisional)" if c.provisional else "")
-        overview.add_row(c.command_id, c.flow, styled(c.status), f"{with_id}/{len(c.tasks)}", verdict, c.reason)
-    console.print(overview)
-    for c in report.commands:
-        tasks = Table("task", "agent task", "status", "entities", title=f"{c.flow} {c.command_id}: {c.verdict}")
-        for t in c.tasks:
-            mark = ""
-            if t.task_id in c.orphans:
-                mark = " [orphan on agent]"
-            elif t.task_id in c.vanished:
-                mark = " [vanished]"
-            elif t.task_id in c.finished_while_down:
-                mark = " [ended while down]"
-            tasks.add_row(
-                t.task_id,
-                t.agent_task_id or "none",
-                styled(t.status + mark),
-                ", ".join(f"{e.type}:{e.id}" for e in t.entities),
-            )
-        console.print(tasks)
-    counts = ", ".join(f"{n} {v}" for v, n in sorted(report.summary.items()))
-    console.print(f"summary: {len(report.commands)} command(s) in flight: {counts}")
-
-
-def render_history(history: CommandHistory, console: Console) -> None:
-    table = Table("#", "time", "event", "detail", title=f"history of {history.command_id}")
-    for e in history.events:
-        table.add_row(str(e.version), e.at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.event, e.detail)
-    console.print(table)
-    console.print(f"state after event {history.state_version}:")
-    console.print(command_detail(history.state))
-
-
-def run_inspection(
-    store_url: str | None,
-    agent_state: Path | None,
-    *,
-    command: str | None = None,
-    at_version: int | None = None,
-    with_agent: bool = True,
-    as_json: bool = False,
-    console: Console | None = None,
-) -> int:
-    console = console or Console()
-    store = ReadOnlyStore(store_url)
-    try:
-        if command is not None:
-            history = command_history(store, command, at_version)
-            if as_json:
-                sys.stdout.write(history.model_dump_json(indent=2) + "\n")
-            else:
-                render_history(history, console)
-            return EXIT_CLEAN
-        report = inspect_store(store, agent_state, with_agent=with_agent)
-        if as_json:
-            sys.stdout.write(report.model_dump_json(indent=2) + "\n")
-        else:
-            render_report(report, console)
-        return report.exit_code
-    finally:
-        store.close()

@@ -10,10 +10,8 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from orchestrator.domain.model import EntityRef
-from projections.db import ViewDatabase
-from projections.views import IN_FLIGHT
-
-RUNNING_STATUSES = ("planned", "running")
+from orchestrator.store.tables import Tables
+from projections.read_models import IN_FLIGHT
 
 
 class ViewFreshness(BaseModel):
@@ -65,8 +63,10 @@ class CommandRow(BaseModel):
         return self.status not in ("succeeded", "failed") or self.uncleared_tasks > 0
 
 
-class ViewQueries:
-    def __init__(self, db: ViewDatabase) -> None:
+class ReadModelQueries:
+    """Questions answered from the read models' tables."""
+
+    def __init__(self, db: Tables) -> None:
         self.db = db
 
     def has_running_tasks(self, ref: EntityRef) -> bool:
@@ -147,15 +147,6 @@ class ViewQueries:
         with self.db.read() as cur:
             cur.execute(sql, (*params, limit))
             return [_command_row(r) for r in cur.fetchall()]
-
-    def command_entities(self, command_id: str) -> list[tuple[str, str, str]]:
-        with self.db.read() as cur:
-            cur.execute(
-                "SELECT entity_type, entity_id, mode FROM proj_command_entities WHERE command_id = ?"
-                " ORDER BY entity_type, entity_id",
-                (command_id,),
-            )
-            return [(str(a), str(b), str(c)) for a, b, c in cur.fetchall()]
 
 
 def _entity_row(r: tuple[object, ...]) -> EntityTaskRow:

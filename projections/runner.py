@@ -17,14 +17,15 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
+from eventsourcing.persistence import Notification
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.errors import OrchestratorError, damaged_event
-from projections.db import Cursor, ViewDatabase
-from projections.views import LIFECYCLE_RANK, PROJECTIONS, Projection, RawEvent, StatementBatch
+from orchestrator.store.event_store import EventStore
+from orchestrator.store.tables import Cursor, Tables
+from projections.read_models import LIFECYCLE_RANK, READ_MODELS, RawEvent, ReadModel
+from projections.statements import StatementBatch
 
 TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
@@ -76,18 +77,14 @@ class RebuildResult:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
 
-class ProjectionRunner:
-    def __init__(
-        self,
-        db: ViewDatabase,
-        recorder: ApplicationRecorder,
-        mapper: Mapper[Any],
-        projections: Sequence[Projection] | None = None,
-    ) -> None:
-        self.db = db
-        self.recorder = recorder
-        self.mapper = mapper
-        self.projections = list(projections or PROJECTIONS.values())
+class ReadModelRunner:
+    """Advances, rebuilds and verifies the read models of one store."""
+
+    def __init__(self, tables: Tables, store: EventStore, read_models: Sequence[ReadModel] | None = None) -> None:
+        self.db = tables
+        self.store = store
+        self.mapper = store.app.mapper
+        self.projections = list(read_models or READ_MODELS.values())
 
     def _raw(self, n: Notification) -> RawEvent:
         state = n.state
@@ -118,7 +115,7 @@ class ProjectionRunner:
     # ---- positions ------------------------------------------------------------------------
 
     def head(self) -> int:
-        return int(self.recorder.max_notification_id() or 0)
+        return self.store.head()
 
     @staticmethod
     def _positions(cur: Cursor) -> dict[str, int]:
@@ -134,10 +131,10 @@ class ProjectionRunner:
     # ---- following the log ----------------------------------------------------------------
 
     def _select(self, after: int, limit: int, stop: int | None = None) -> Sequence[Notification]:
-        return self.recorder.select_notifications(start=after, limit=limit, stop=stop, inclusive_of_start=False)
+        return self.store.app.notification_log.select(start=after, limit=limit, stop=stop, inclusive_of_start=False)
 
     def _batch_for(
-        self, notifications: Sequence[Notification], targets: list[tuple[Projection, int]], suffix: str
+        self, notifications: Sequence[Notification], targets: list[tuple[ReadModel, int]], suffix: str
     ) -> StatementBatch:
         out = StatementBatch()
         for n in notifications:
@@ -162,7 +159,7 @@ class ProjectionRunner:
                 notifications = self._select(low, batch_size)
                 if not notifications:
                     return total
-                self._batch_for(notifications, targets, "").run(cur, self.db.dialect)
+                self._batch_for(notifications, targets, "").run(cur, self.db)
                 last = notifications[-1].id
                 for p, pos in targets:
                     if last > pos:
@@ -205,7 +202,7 @@ class ProjectionRunner:
                     cur.execute(f"DROP TABLE IF EXISTS {table}")
 
     def _fill_shadow(
-        self, projection: Projection, suffix: str, progress: ProgressCallback | None, batch_size: int
+        self, projection: ReadModel, suffix: str, progress: ProgressCallback | None, batch_size: int
     ) -> int:
         """Build the projection from the whole log into fresh tables; returns its position."""
         with self.db.write() as cur:
@@ -218,7 +215,7 @@ class ProjectionRunner:
             if not notifications:
                 break
             with self.db.write(lock_name=f"rebuild:{projection.name}") as cur:
-                self._batch_for(notifications, [(projection, position)], suffix).run(cur, self.db.dialect)
+                self._batch_for(notifications, [(projection, position)], suffix).run(cur, self.db)
             position = notifications[-1].id
             if progress:
                 progress(position, max(head, position))
@@ -226,18 +223,16 @@ class ProjectionRunner:
                 break
         return position
 
-    def _catch_up_shadow(
-        self, cur: Cursor, projection: Projection, suffix: str, position: int, stop: int | None
-    ) -> int:
+    def _catch_up_shadow(self, cur: Cursor, projection: ReadModel, suffix: str, position: int, stop: int | None) -> int:
         while True:
             notifications = self._select(position, BATCH_SIZE, stop)
             if not notifications:
                 return position
-            self._batch_for(notifications, [(projection, position)], suffix).run(cur, self.db.dialect)
+            self._batch_for(notifications, [(projection, position)], suffix).run(cur, self.db)
             position = notifications[-1].id
 
     def rebuild(
-        self, projection: Projection, progress: ProgressCallback | None = None, batch_size: int = BATCH_SIZE
+        self, projection: ReadModel, progress: ProgressCallback | None = None, batch_size: int = BATCH_SIZE
     ) -> RebuildResult:
         started = time.monotonic()
         with self._exclusive() as suffix:
@@ -255,7 +250,7 @@ class ProjectionRunner:
                 )
         return RebuildResult(projection.name, position, time.monotonic() - started, position)
 
-    def verify(self, projection: Projection, progress: ProgressCallback | None = None) -> VerifyResult:
+    def verify(self, projection: ReadModel, progress: ProgressCallback | None = None) -> VerifyResult:
         """Build a fresh copy and compare it with the live view, row by row, at one position."""
         with self._exclusive() as suffix:
             try:
@@ -265,7 +260,7 @@ class ProjectionRunner:
                     for table in projection.tables:
                         cur.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
 
-    def _verify(self, projection: Projection, suffix: str, progress: ProgressCallback | None) -> VerifyResult:
+    def _verify(self, projection: ReadModel, suffix: str, progress: ProgressCallback | None) -> VerifyResult:
         position = self._fill_shadow(projection, suffix, progress, BATCH_SIZE)
         result = VerifyResult(projection.name, 0)
         with self.db.write() as cur:
@@ -288,12 +283,12 @@ class ProjectionRunner:
                     result.differences += [f"{table}: {label}: {tuple(row)}" for row in cur.fetchall()]
         return result
 
-    def _apply_live_until(self, cur: Cursor, projection: Projection, after: int, stop: int) -> None:
+    def _apply_live_until(self, cur: Cursor, projection: ReadModel, after: int, stop: int) -> None:
         position = after
         while position < stop:
             notifications = self._select(position, BATCH_SIZE, stop)
             if not notifications:
                 break
-            self._batch_for(notifications, [(projection, position)], "").run(cur, self.db.dialect)
+            self._batch_for(notifications, [(projection, position)], "").run(cur, self.db)
             position = notifications[-1].id
         cur.execute(f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection = ?", (stop, projection.name))

@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.application import Orchestrator, SubmitResult
-from orchestrator.bootstrap import build_engine
+from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.config import load_engine_settings
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import CommandStatus, TaskStatus
 from orchestrator.engine.report import CycleReport
 from orchestrator.engine.task_manager import TaskManager
-from orchestrator.invariants import check_invariants
-from orchestrator.testing import SimulatedAgent
-from projections.runner import ProjectionRunner
+from orchestrator.service import SubmitResult
+from orchestrator.testing import SimulatedAgent, check_invariants
+from projections.runner import ReadModelRunner
 from scripts.bench_sql import SqlTally, TallyWindow, sql_counting
 from scripts.bench_support import DISKS_PER_VM, Scratch, Stopwatch, Store, TimedAgent
 
@@ -34,7 +33,7 @@ ROOT_COMMAND_TOPIC = RootCommand.Accepted.__module__ + ":RootCommand."
 REPO = Path(__file__).resolve().parent.parent
 
 
-class LagSamplingRunner(ProjectionRunner):
+class LagSamplingRunner(ReadModelRunner):
     """The engine's projection runner, noting how far behind the log it is before each catch-up."""
 
     max_lag = 0
@@ -71,8 +70,8 @@ def open_harness(
 ) -> Harness:
     """A seeded store (`vms` VMs, plus one for a warm-up command run before anything is measured)."""
     orch = Orchestrator.open(store.url, agent_state=scratch.agent_path(store.label), create=True)
-    lag = LagSamplingRunner(orch.views, orch.app.recorder, orch.app.mapper)
-    orch.projections = lag
+    lag = LagSamplingRunner(orch.read_models.tables, orch.store)
+    orch.read_models.runner = lag
     orch.seed(vms + 1, DISKS_PER_VM)
     agent = SimulatedAgent.open(orch.agent_state, task_seconds=task_seconds)
     timed = TimedAgent(agent)
@@ -194,8 +193,8 @@ def run_rebuild(scratch: Scratch, backend: str, in_flight: int, commands: int) -
     try:
         run_closed_loop(h, in_flight, commands)
         out: dict[str, dict[str, float]] = {}
-        for projection in h.orch.projections.projections:
-            result = h.orch.projections.rebuild(projection)
+        for projection in h.orch.read_models.runner.projections:
+            result = h.orch.read_models.runner.rebuild(projection)
             out[projection.name] = {
                 "events": float(result.events),
                 "seconds": result.seconds,
@@ -215,7 +214,7 @@ def _events_by_kind(orch: Orchestrator, after: int) -> tuple[int, int]:
     commands = inventory = 0
     position = after
     while True:
-        page = orch.app.recorder.select_notifications(start=position, limit=1000, inclusive_of_start=False)
+        page = orch.store.app.recorder.select_notifications(start=position, limit=1000, inclusive_of_start=False)
         for n in page:
             if n.topic.startswith(ROOT_COMMAND_TOPIC):
                 commands += 1
@@ -240,7 +239,7 @@ def run_write_cost(scratch: Scratch, backend: str, in_flight: int, commands: int
 
 
 def _count_loop(h: Harness, tally: SqlTally, in_flight: int, commands: int) -> dict[str, float]:
-    head0 = h.orch.projections.head()
+    head0 = h.orch.read_models.runner.head()
     tx0 = h.engine.writer.transactions
     window = TallyWindow(tally)
     window.open()

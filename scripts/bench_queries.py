@@ -10,7 +10,7 @@ rows of ended tasks only: the worst case for "has running tasks", reported
 apart.
 
 "does entity X have running tasks" is timed through the real API,
-`ViewQueries.has_running_tasks` (a read transaction each), and, for
+`ReadModelQueries.has_running_tasks` (a read transaction each), and, for
 comparison, as the bare SELECT on one open connection.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.domain.model import EntityRef, EntityType
 from scripts.bench_support import PG_DSN, Scratch, Stopwatch, Store, median, percentile
 
@@ -211,7 +211,11 @@ def run_queries(scratch: Scratch, backend: str, rows: int, samples: int, runs: i
             for run in range(runs):
                 targets = query_targets(rows, samples, seed=11 + run)
                 api.append(
-                    _latencies(targets, orch.queries.has_running_tasks, lambda: orch.queries.has_running_tasks(cold))
+                    _latencies(
+                        targets,
+                        orch.read_models.queries.has_running_tasks,
+                        lambda: orch.read_models.queries.has_running_tasks(cold),
+                    )
                 )
                 bare.append(_latencies(targets, ask, lambda: ask(cold)))
         finally:

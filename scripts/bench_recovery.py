@@ -23,8 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.application import SEED_DOMAINS, Orchestrator
-from orchestrator.bootstrap import build_engine
+from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.config import load_engine_settings
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, InventoryEntity, Vm
@@ -32,7 +31,7 @@ from orchestrator.domain.model import CommandStatus, EntityRef, TaskStatus
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.flows import get_flow
 from orchestrator.flows.base import PlanContext
-from orchestrator.testing import SimulatedAgent
+from orchestrator.testing import SEED_DOMAINS, SimulatedAgent
 from scripts.bench_support import DISKS_PER_VM, Scratch, Stopwatch, Store
 
 TASK_SECONDS = 24 * 3600.0
@@ -94,7 +93,7 @@ def seed_in_batches(orch: Orchestrator, vms: int) -> None:
             for n in range(start, min(vms, start + SEED_BATCH - 1) + 1):
                 entities += _seed_vm(n, volumes)
             agent.backend.seed_storage(SEED_DOMAINS, volumes)
-            orch.app.save(*entities)
+            orch.store.app.save(*entities)
     finally:
         agent.close()
 
@@ -170,10 +169,10 @@ def add_history(rs: RecoveryStore, commands: int) -> None:
         watch = Stopwatch()
         for start in range(0, commands, HISTORY_BATCH):
             batch = [ended_command(n) for n in range(start + 1, min(commands, start + HISTORY_BATCH) + 1)]
-            orch.app.save(*batch)
+            orch.store.app.save(*batch)
         rs.setup["history_write_seconds"] = watch.seconds
         watch = Stopwatch()
-        events = orch.projections.catch_up()
+        events = orch.read_models.runner.catch_up()
         rs.setup["history_catch_up_seconds"] = watch.seconds
         rs.setup["history_catch_up_events_per_second"] = events / max(watch.seconds, 1e-9)
     finally:
@@ -193,8 +192,8 @@ def time_recovery(rs: RecoveryStore) -> RecoveryRun:
         started = time.perf_counter()
         report = build_engine(orch, agent, load_engine_settings()).recover()
         seconds = time.perf_counter() - started
-        head = orch.projections.head()
-        orch.projections.catch_up()  # as the engine's first cycle would; not timed
+        head = orch.read_models.runner.head()
+        orch.read_models.runner.catch_up()  # as the engine's first cycle would; not timed
     finally:
         agent.close()
         orch.close()

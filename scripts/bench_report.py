@@ -28,7 +28,7 @@ its background threads over the run.
 [b]Poll cycle[/]: one TaskManager.cycle(), counted the same way; idle = tasks running on the agent, nothing changed.
 [b]Recovery[/]: see scripts/bench_recovery.py: real in-flight commands, history written through the real aggregates.
 [b]Queries[/]: synthetic rows bulk-loaded into proj_entity_tasks (scripts/bench_queries.py); "api" is
-ViewQueries.has_running_tasks (a read transaction per question), "bare" the same SELECT on one open connection.
+ReadModelQueries.has_running_tasks (a read transaction per question), "bare" the same SELECT on one open connection.
 """
 
 
@@ -268,7 +268,7 @@ def _query_table(backends: dict[str, Any]) -> Table:
 
 
 def _rebuild_table(backends: dict[str, Any]) -> Table:
-    t = Table(title="Projection rebuild (orch.projections.rebuild) and catch-up speed")
+    t = Table(title="Projection rebuild (orch.read_models.runner.rebuild) and catch-up speed")
     for col in ("store", "projection", "events", "seconds", "events/s"):
         t.add_column(col, justify="left" if col in ("store", "projection") else "right")
     for backend, r in backends.items():

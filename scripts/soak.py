@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:  # run as `python scripts/soak.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 import orchestrator  # noqa: E402
-from orchestrator.application import Orchestrator  # noqa: E402
+from orchestrator.bootstrap import Orchestrator  # noqa: E402
 from orchestrator.crashpoints import CRASH_EXIT_CODE  # noqa: E402
 from orchestrator.domain.commands import RootCommand  # noqa: E402
 from orchestrator.domain.inventory import Disk, Template, Vm  # noqa: E402
@@ -68,9 +68,8 @@ from orchestrator.domain.model import (  # noqa: E402
     parse_agent_task_key,
 )
 from orchestrator.errors import CommandRefusedError, EntityLockedError, OrchestratorError  # noqa: E402
-from orchestrator.invariants import InvariantResult, check_invariants, expected_storage  # noqa: E402
 from orchestrator.store import parse_store_url  # noqa: E402
-from orchestrator.testing import FaultConfig, SimulatedAgent  # noqa: E402
+from orchestrator.testing import FaultConfig, InvariantResult, SimulatedAgent, check_invariants, expected_storage  # noqa: E402  # noqa: E402
 
 FLOW_NAMES = ("RemoveVm", "HibernateVm", "CreateTemplate", "CreateSnapshot")
 FAULT_KINDS = ("unreachable", "slow", "timeout", "vanish", "fail", "refuse", "malformed", "phantom", "slow_answer")

@@ -22,13 +22,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from orchestrator.application import Orchestrator
-from orchestrator.bootstrap import build_engine
+from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.config import EngineSettings, load_engine_settings
 from orchestrator.engine.task_manager import TaskManager
-from orchestrator.invariants import InvariantResult, check_invariants
 from orchestrator.store import parse_store_url
-from orchestrator.testing import SimulatedAgent
+from orchestrator.testing import InvariantResult, SimulatedAgent, check_invariants
 
 PG_DSN = os.environ.get("ORCHESTRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES") == "1"

@@ -15,22 +15,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from orchestrator.agent.http_client import HttpAgent, RpcClient
+from orchestrator.agent.http_agent import HttpAgent
 from orchestrator.agent.port import AgentTaskResult, AgentTaskState, TaskSpec
-from orchestrator.agent.protocol import (
-    METHODS,
-    SCHEMA_PATH,
-    SIMULATOR_METHODS,
-    Fence,
-    StaleEpochError,
-    protocol_schema,
-)
+from orchestrator.agent.protocol import METHODS, SCHEMA_PATH, Fence, StaleEpochError, protocol_schema
+from orchestrator.agent.rpc import RpcClient
 from orchestrator.errors import AgentProtocolError
+from orchestrator.testing import SIMULATOR_METHODS, SIMULATOR_SCHEMA_PATH, simulator_schema
 from tests.conftest import REPO, cli_env, wait_for
 from tests.test_agent_server import AgentServerProcess, StartServer, start_server
 
@@ -42,16 +38,28 @@ DOC = REPO / "docs" / "agent-protocol.md"
 # ---- the schema and the document ------------------------------------------------------------------
 
 
-def test_checked_in_schema_matches_the_models() -> None:
-    checked_in = json.loads(SCHEMA_PATH.read_text())
-    assert checked_in == json.loads(json.dumps(protocol_schema())), (
-        f"{SCHEMA_PATH.name} is out of date with the models; run `python -m orchestrator.agent.protocol --write`"
+SCHEMAS = [
+    pytest.param("orchestrator.agent.protocol", SCHEMA_PATH, protocol_schema, id="protocol"),
+    pytest.param(
+        "orchestrator.testing.simulator_protocol", SIMULATOR_SCHEMA_PATH, simulator_schema, id="simulator-extension"
+    ),
+]
+
+
+@pytest.mark.parametrize(("module", "path", "schema"), SCHEMAS)
+def test_checked_in_schema_matches_the_models(module: str, path: Path, schema: Callable[[], dict[str, Any]]) -> None:
+    checked_in = json.loads(path.read_text())
+    assert checked_in == json.loads(json.dumps(schema())), (
+        f"{path.name} is out of date with the models; run `python -m {module} --write`"
     )
 
 
-def test_schema_command_prints_the_checked_in_schema() -> None:
+@pytest.mark.parametrize(("module", "path", "schema"), SCHEMAS)
+def test_schema_command_prints_the_checked_in_schema(
+    module: str, path: Path, schema: Callable[[], dict[str, Any]]
+) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.agent.protocol", "--schema"],
+        [sys.executable, "-m", module, "--schema"],
         capture_output=True,
         text=True,
         env=cli_env(),
@@ -59,7 +67,26 @@ def test_schema_command_prints_the_checked_in_schema() -> None:
         timeout=60,
         check=True,
     )
-    assert proc.stdout == SCHEMA_PATH.read_text()
+    assert proc.stdout == path.read_text()
+
+
+def test_the_protocol_schema_leaves_the_simulator_extension_out() -> None:
+    protocol, extension = protocol_schema(), simulator_schema()
+    assert not any(name.startswith("Simulator.") for name in protocol["methods"])
+    assert set(extension["methods"]) == set(SIMULATOR_METHODS)
+    assert not set(extension["methods"]) & set(protocol["methods"])
+
+
+def test_the_engines_side_does_not_import_the_test_doubles() -> None:
+    code = (
+        "import sys\n"
+        "import orchestrator.agent.http_agent, orchestrator.agent.port, orchestrator.agent.protocol\n"
+        "print(sorted(m for m in sys.modules if m.startswith('orchestrator.testing')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"
 
 
 def test_the_document_covers_every_method_and_error_code() -> None:

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.agent.http_client import HttpAgent, SimulatorAdmin
+from orchestrator.agent.http_agent import HttpAgent
 from orchestrator.agent.port import AgentPort, AgentTaskResult, AgentTaskState, TaskSpec
 from orchestrator.agent.protocol import Fence, StaleEpochError
 from orchestrator.errors import AgentError, AgentProtocolError, AgentUnavailableError
-from orchestrator.testing.agent_server import GRACEFUL_SHUTDOWN_SECONDS
-from orchestrator.testing.simulated_agent import FaultConfig, NetworkFault
+from orchestrator.testing import GRACEFUL_SHUTDOWN_SECONDS, FaultConfig, NetworkFault, SimulatorAdmin
 from tests.conftest import REPO, cli_env, wait_for
 
 POOL = "pool-a"

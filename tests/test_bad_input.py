@@ -19,8 +19,7 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from orchestrator.application import Orchestrator
-from orchestrator.bootstrap import build_engine
+from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.model import CommandStatus, TaskStatus
 from orchestrator.errors import (

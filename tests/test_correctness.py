@@ -23,14 +23,13 @@ from uuid import UUID
 import pytest
 
 from orchestrator.agent.port import TaskSpec
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Vm
 from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.flows import FLOWS
-from orchestrator.invariants import expected_storage
-from orchestrator.testing import FaultConfig, SimulatedAgent, SimulatedAgentBackend
+from orchestrator.testing import FaultConfig, SimulatedAgent, SimulatedAgentBackend, expected_storage
 from tests.conftest import (
     ONE_PER_CALL,
     REPO,

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator, inspect
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import Disk, Vm
 from orchestrator.domain.model import EntityRef, EntityType
-from orchestrator.inspection import ReadOnlyStore, inspect_store
 from tests.conftest import ONE_PER_CALL, cli_env, engine_args, invariants_hold, run_cli
 
 FLOWS: list[tuple[str, dict[str, Any]]] = [
@@ -75,8 +74,8 @@ def crash_and_recover(
         )
         assert died.returncode == CRASH_EXIT_CODE, died.stderr
         with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
-            orch.projections.catch_up()
-            rows = orch.queries.list_commands()
+            orch.read_models.runner.catch_up()
+            rows = orch.read_models.queries.list_commands()
         assert len(rows) == 1, "the command was recorded before the crash"
         command_id = rows[0].command_id
     else:
@@ -86,11 +85,7 @@ def crash_and_recover(
         assert died.returncode == CRASH_EXIT_CODE, f"engine did not crash at {point}:{n}: {died.stderr[-2000:]}"
     assert f"crash point {point}:{n} reached" in died.stderr
 
-    reader = ReadOnlyStore(store_url)
-    try:
-        report = inspect_store(reader, agent_state, with_agent=True)
-    finally:
-        reader.close()
+    report = inspect(store_url, agent_state)
     predicted = {c.command_id: c.verdict for c in report.commands}
     assert not any(c.provisional for c in report.commands)
 

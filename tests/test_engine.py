@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.application import Orchestrator, SubmitResult
-from orchestrator.bootstrap import build_engine
+from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EntityRef, EntityType, entity_aggregate_id
 from orchestrator.flows import FLOWS
+from orchestrator.service import SubmitResult
 from orchestrator.testing import FaultConfig, SimulatedAgent
 from tests.conftest import REPO, cli_env, engine_args, fast_settings, invariants_hold, run_cli, run_until_idle, wait_for
 
@@ -58,11 +58,11 @@ def test_poll_cycle_costs(orch: Orchestrator, agent_state: Path) -> None:
             orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"})
         first = engine.cycle()
         assert first.submitted == 10 and first.agent_calls == 2  # one create call for all ten tasks, one poll
-        head = orch.app.recorder.max_notification_id()
+        head = orch.store.app.recorder.max_notification_id()
 
         quiet = engine.cycle()
         assert (quiet.agent_calls, quiet.store_transactions, quiet.events) == (1, 0, 0)
-        assert orch.app.recorder.max_notification_id() == head
+        assert orch.store.app.recorder.max_notification_id() == head
 
         wait_for(lambda: _due(agent), timeout=10, what="tasks to be done on the agent")
         busy = engine.cycle()
@@ -169,14 +169,14 @@ def test_recovery_waits_for_an_unreachable_agent_and_decides_nothing(orch: Orche
     orch.seed(1, 2)
     orch.submit("RemoveVm", {"vm_id": "vm-0001"})
     agent.backend.set_faults(FaultConfig(unreachable_until=time.time() + 3600))
-    head = orch.app.recorder.max_notification_id()
+    head = orch.store.app.recorder.max_notification_id()
     engine = build_engine(orch, agent, fast_settings(agent_backoff_max=0.05))
     stop = threading.Event()
     timer = threading.Timer(0.5, stop.set)
     timer.start()
     report = engine.recover(stop.is_set)
     assert report.decisions == {} and report.agent_waits >= 2
-    assert orch.app.recorder.max_notification_id() == head, "nothing was recorded without the agent"
+    assert orch.store.app.recorder.max_notification_id() == head, "nothing was recorded without the agent"
     assert "unreachable" in engine.agent_trouble
 
 
@@ -303,12 +303,12 @@ def test_bulk_loading_from_snapshots_equals_replay(orch: Orchestrator, agent: Si
     refs = [EntityRef(EntityType.STORAGE_DOMAIN, "sd-1"), EntityRef(EntityType.VM, "vm-0001")]
     with Orchestrator.open(store_url, create=False) as fresh:
         ids = [entity_aggregate_id(r) for r in refs]
-        bulk = fresh.load_aggregates(ids)
-        assert orch.app.snapshots is not None
-        assert list(orch.app.snapshots.get(ids[0])), "a snapshot was taken"
+        bulk = fresh.store.load_aggregates(ids)
+        assert orch.store.app.snapshots is not None
+        assert list(orch.store.app.snapshots.get(ids[0])), "a snapshot was taken"
         for ident in ids:
             replayed: Any = None
-            for event in fresh.app.events.get(ident):  # every event from the first: no snapshot, no cache
+            for event in fresh.store.app.events.get(ident):  # every event from the first: no snapshot, no cache
                 replayed = event.mutate(replayed)  # type: ignore[attr-defined]
             assert vars(bulk[ident]) == vars(replayed)
         assert bulk[ids[0]].version > 100
@@ -318,7 +318,7 @@ def test_submit_many_accepts_in_one_transaction_and_refuses_conflicts_one_by_one
     orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
 ) -> None:
     orch.seed(3, 2)
-    head = orch.app.recorder.max_notification_id()
+    head = orch.store.app.recorder.max_notification_id()
     results = orch.submit_many(
         [
             ("RemoveVm", {"vm_id": "vm-0001"}),
@@ -340,7 +340,7 @@ def test_submit_many_accepts_in_one_transaction_and_refuses_conflicts_one_by_one
     ]
     assert "locked (write) by RemoveVm" in str(results[1])
     accepted = [r.command_id for r in results if isinstance(r, SubmitResult)]
-    events = orch.app.recorder.select_notifications(start=head, limit=1000, inclusive_of_start=False)
+    events = orch.store.app.recorder.select_notifications(start=head, limit=1000, inclusive_of_start=False)
     assert {e.originator_id for e in events if e.topic.endswith("RootCommand.Accepted")} == set(accepted)
     run_until_idle(orch, agent)
     assert all(orch.command(i).status.value == "succeeded" for i in accepted)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.domain.inventory import Disk, Snapshot, Template, Vm
 from orchestrator.domain.model import EntityRef, EntityType
 from orchestrator.testing import FaultConfig, SimulatedAgent
@@ -42,8 +42,8 @@ def test_flow_runs_normally_and_leaves_nothing_active(
     command = orch.command(result.command_id)
     assert command.status.value == "succeeded", command.outcome_reason
     assert all(t.agent_task_id for t in command.tasks.values())
-    orch.projections.catch_up()
-    assert orch.queries.active_tasks() == []  # the seed's async_tasks table is empty
+    orch.read_models.runner.catch_up()
+    assert orch.read_models.queries.active_tasks() == []  # the seed's async_tasks table is empty
     assert _held_on_agent(agent) == []
     invariants_hold(orch, agent_state, expected_commands=[result.command_id])
 

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Vm
@@ -235,8 +235,8 @@ def crash_case(store_url: str, agent_state: Path, case: Case) -> str:
         )  # fmt: skip
         assert died.returncode == CRASH_EXIT_CODE, died.stderr
         with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
-            orch.projections.catch_up()
-            (row,) = orch.queries.list_commands()
+            orch.read_models.runner.catch_up()
+            (row,) = orch.read_models.queries.list_commands()
         return row.command_id
     command_id = seed_and_submit(store_url, agent_state, case.flow, case.params)
     if case.faults is not None:
@@ -387,7 +387,7 @@ def test_command_history_timeline_and_time_travel(
     command_id = str(orch.submit("RemoveVm", {"vm_id": "vm-0001"}).command_id)
     run_until_idle(orch, agent)
     final = orch.command(command_id)
-    events = list(orch.app.events.get(final.id))
+    events = list(orch.store.app.events.get(final.id))
 
     code, history = inspect_json(store_url, agent_state, "--command", command_id)
     assert code == EXIT_CLEAN

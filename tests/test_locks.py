@@ -21,8 +21,7 @@ from uuid import UUID
 import pytest
 
 from orchestrator.agent.port import CreateResult, TaskSpec
-from orchestrator.application import Orchestrator
-from orchestrator.bootstrap import build_engine
+from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import Disk, Template, Vm
 from orchestrator.domain.model import CommandStatus, EndKind, EntityRef, EntityType, TaskStatus
@@ -78,7 +77,7 @@ def test_a_conflicting_command_is_refused_before_anything_is_recorded(
 ) -> None:
     orch.seed(2, 2)
     removal = orch.submit("RemoveVm", {"vm_id": "vm-0001"})
-    head = orch.projections.head()
+    head = orch.read_models.runner.head()
     locks_before = held(orch)
 
     for flow, params in (
@@ -96,7 +95,7 @@ def test_a_conflicting_command_is_refused_before_anything_is_recorded(
     line = one_error_line(proc)
     assert f"vm vm-0001 is locked (write) by RemoveVm command {removal.command_id}" in line
     assert proc.stdout == ""
-    assert orch.projections.head() == head, "a refused command recorded something"
+    assert orch.read_models.runner.head() == head, "a refused command recorded something"
     assert held(orch) == locks_before
 
     # Shared locks do not conflict: another VM's removal also reads sd-1.
@@ -108,12 +107,12 @@ def test_a_conflicting_command_is_refused_before_anything_is_recorded(
 def test_a_write_command_is_refused_by_a_read_lock_naming_its_holder(orch: Orchestrator) -> None:
     orch.seed(1, 2)
     template = orch.submit("CreateTemplate", {"vm_id": "vm-0001", "name": "t"})
-    head = orch.projections.head()
+    head = orch.read_models.runner.head()
     with pytest.raises(
         EntityLockedError, match=f"vm vm-0001 is locked \\(read\\) by CreateTemplate command {template.command_id}"
     ):
         orch.submit("RemoveVm", {"vm_id": "vm-0001"})
-    assert orch.projections.head() == head
+    assert orch.read_models.runner.head() == head
 
 
 # ---- 2. released when the command ends, also when recovery ends it -------------------------
@@ -290,7 +289,7 @@ def test_two_templates_of_one_vm_run_together_are_polled_together_and_end_indepe
 RACER = r"""
 import json, sys, time
 from pathlib import Path
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.errors import EntityLockedError
 url, state, role = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 t0, rounds, gap = float(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
@@ -341,7 +340,7 @@ def test_two_processes_racing_for_conflicting_locks_never_both_win(store_url: st
         results.append(dict(json.loads(stdout)))
     assert time.time() > t0, "the rounds started after both processes were up"
     with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
-        orch.projections.catch_up()
+        orch.read_models.runner.catch_up()
         for n in range(1, rounds + 1):
             vm = f"vm-{n:04d}"
             outcomes = [r[vm] for r in results]
@@ -351,7 +350,7 @@ def test_two_processes_racing_for_conflicting_locks_never_both_win(store_url: st
             # The loser is refused on the VM or one of its disks (whichever it read after the winner's
             # commit), and the refusal names the winner.
             assert f"-{n:04d}" in loser and " is locked " in loser and winners[0] in loser, loser
-            recorded = orch.queries.list_commands(entity=EntityRef(EntityType.VM, vm))
+            recorded = orch.read_models.queries.list_commands(entity=EntityRef(EntityType.VM, vm))
             assert [r.command_id for r in recorded] == winners, f"round {n}: exactly the winner was recorded"
             entity = orch.entity(EntityRef(EntityType.VM, vm))
             assert entity is not None and list(entity.locks) == winners
@@ -360,7 +359,7 @@ def test_two_processes_racing_for_conflicting_locks_never_both_win(store_url: st
 OPENER = r"""
 import json, sys, time
 from pathlib import Path
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.errors import OrchestratorError
 url, state, t0, rounds, gap = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 errors = []
@@ -369,7 +368,7 @@ for i in range(rounds):
         pass
     try:
         with Orchestrator.open(url, agent_state=state, create=False) as orch:
-            orch.projections.status()
+            orch.read_models.runner.status()
     except OrchestratorError as exc:
         errors.append(str(exc))
 print(json.dumps(errors))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.crashpoints import CRASH_EXIT_CODE
+from orchestrator.store.tables import Cursor
 from orchestrator.testing import FaultConfig, SimulatedAgent
-from projections.db import Cursor
+from projections.read_models import ReadModel
 from projections.runner import REBUILD_SUFFIX
-from projections.views import Projection
 from tests.conftest import cli_env, engine_args, run_cli, run_until_idle
 
 
@@ -48,7 +48,7 @@ def test_batched_rebuild_equals_event_by_event(
     orch.submit("CreateSnapshot", {"vm_id": "vm-0007"})
     run_until_idle(orch, agent)
 
-    runner = orch.projections
+    runner = orch.read_models.runner
     head = runner.head()
     for projection in runner.projections:
         compared = 0
@@ -60,10 +60,11 @@ def test_batched_rebuild_equals_event_by_event(
         assert compared > 0, "the views held rows at the points compared"
 
 
-def _build(orch: Orchestrator, projection: Projection, stop: int, batch: int) -> dict[str, list[tuple[object, ...]]]:
+def _build(orch: Orchestrator, projection: ReadModel, stop: int, batch: int) -> dict[str, list[tuple[object, ...]]]:
     """Fresh tables holding the events up to `stop`, applied `batch` events per transaction."""
-    runner = orch.projections
-    with orch.views.write() as cur:
+    runner = orch.read_models.runner
+    tables = orch.read_models.tables
+    with tables.write() as cur:
         for table in projection.tables:
             cur.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
         for statement in projection.create_statements(REBUILD_SUFFIX):
@@ -73,8 +74,8 @@ def _build(orch: Orchestrator, projection: Projection, stop: int, batch: int) ->
         notifications = runner._select(position, batch, stop)
         if not notifications:
             break
-        with orch.views.write() as cur:
-            runner._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur, orch.views.dialect)
+        with tables.write() as cur:
+            runner._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur, tables)
         position = notifications[-1].id
-    with orch.views.read() as cur:
+    with tables.read() as cur:
         return {t: _rows(cur, t + REBUILD_SUFFIX, projection.key_columns(t)) for t in projection.tables}

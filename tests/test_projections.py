@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.application import Orchestrator
-from orchestrator.bootstrap import build_engine
+from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import StorageDomain
 from orchestrator.domain.model import CommandStatus, EntityRef, EntityType, TaskStatus
@@ -27,7 +26,7 @@ from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import CommandRefusedError
 from orchestrator.store import META_TABLE, parse_store_url
 from orchestrator.testing import FaultConfig, SimulatedAgent
-from projections.views import PROJECTIONS
+from projections.read_models import READ_MODELS
 from tests.conftest import (
     ONE_PER_CALL,
     REPO,
@@ -57,8 +56,8 @@ def cli_json(store_url: str, agent_state: Path, *args: str) -> Any:
 
 
 def assert_projections_true(orch: Orchestrator) -> None:
-    for projection in orch.projections.projections:
-        result = orch.projections.verify(projection)
+    for projection in orch.read_models.runner.projections:
+        result = orch.read_models.runner.verify(projection)
         assert result.differences == [], f"{projection.name} differs from a rebuild: {result.differences}"
 
 
@@ -94,11 +93,12 @@ def test_create_template_task_touches_both_domains_the_image_and_the_template(
         EntityRef(IMAGE, "img-0001-1"): True,  # the source image, read
         EntityRef(TEMPLATE, "tmpl-golden"): False,  # the new template, written
     }
-    orch.projections.catch_up()
+    orch.read_models.runner.catch_up()
 
     # The task finds all four (and says how it uses each).
     touched = {
-        EntityRef(EntityType(r.entity_type), r.entity_id): r for r in orch.queries.entities_for_task(task.task_id)
+        EntityRef(EntityType(r.entity_type), r.entity_id): r
+        for r in orch.read_models.queries.entities_for_task(task.task_id)
     }
     assert set(four) <= set(touched), sorted(touched)
     for ref, read_only in four.items():
@@ -106,9 +106,9 @@ def test_create_template_task_touches_both_domains_the_image_and_the_template(
         assert touched[ref].root_command_id == str(result.command_id)
     # All four find the task.
     for ref in four:
-        rows = orch.queries.tasks_for_entity(ref, running_only=True)
+        rows = orch.read_models.queries.tasks_for_entity(ref, running_only=True)
         assert [r.task_id for r in rows] == [task.task_id], ref
-        assert orch.queries.has_running_tasks(ref), ref
+        assert orch.read_models.queries.has_running_tasks(ref), ref
 
     # The same answers on the command line.
     doc = cli_json(store_url, agent_state, "entities", "--task", task.task_id)
@@ -119,11 +119,11 @@ def test_create_template_task_touches_both_domains_the_image_and_the_template(
         assert [t["task_id"] for t in doc["tasks"]] == [task.task_id], ref
 
     run_until_idle(orch, agent)
-    orch.projections.catch_up()
+    orch.read_models.runner.catch_up()
     for ref in four:
-        assert not orch.queries.has_running_tasks(ref), ref
-        assert orch.queries.tasks_for_entity(ref) == [], "a cleared task leaves the index"
-    assert orch.queries.entities_for_task(task.task_id) == []
+        assert not orch.read_models.queries.has_running_tasks(ref), ref
+        assert orch.read_models.queries.tasks_for_entity(ref) == [], "a cleared task leaves the index"
+    assert orch.read_models.queries.entities_for_task(task.task_id) == []
 
 
 def test_two_read_only_commands_on_one_vm_each_leave_the_index_with_their_own_tasks(
@@ -142,8 +142,8 @@ def test_two_read_only_commands_on_one_vm_each_leave_the_index_with_their_own_ta
     a, b = orch.command(first.command_id), orch.command(second.command_id)
     assert all(t.agent_task_id for t in [*a.tasks.values(), *b.tasks.values()])
 
-    orch.projections.catch_up()
-    on_vm = orch.queries.tasks_for_entity(vm)
+    orch.read_models.runner.catch_up()
+    on_vm = orch.read_models.queries.tasks_for_entity(vm)
     assert {r.root_command_id for r in on_vm} == {str(a.id), str(b.id)}
     assert {r.task_id for r in on_vm} == set(a.tasks) | set(b.tasks)
     assert all(r.read_only for r in on_vm)
@@ -152,17 +152,17 @@ def test_two_read_only_commands_on_one_vm_each_leave_the_index_with_their_own_ta
     b_now = orch.command(b.id)
     assert b_now.status is CommandStatus.RUNNING, "the second command's tasks still run"
     assert all(t.status is TaskStatus.RUNNING for t in b_now.tasks.values())
-    orch.projections.catch_up()
-    on_vm = orch.queries.tasks_for_entity(vm)
+    orch.read_models.runner.catch_up()
+    on_vm = orch.read_models.queries.tasks_for_entity(vm)
     assert {r.root_command_id for r in on_vm} == {str(b.id)}, "only the first command's tasks left the index"
     assert {r.task_id for r in on_vm} == set(b.tasks)
-    assert all(orch.queries.entities_for_task(t) == [] for t in a.tasks)
-    assert {r.task_id for r in orch.queries.active_tasks()} == set(b.tasks)
+    assert all(orch.read_models.queries.entities_for_task(t) == [] for t in a.tasks)
+    assert {r.task_id for r in orch.read_models.queries.active_tasks()} == set(b.tasks)
 
     cycle_until(engine, lambda: not orch.command(b.id).in_flight, what="the second command ends and is cleared")
-    orch.projections.catch_up()
-    assert orch.queries.tasks_for_entity(vm) == []
-    assert orch.queries.active_tasks() == []
+    orch.read_models.runner.catch_up()
+    assert orch.read_models.queries.tasks_for_entity(vm) == []
+    assert orch.read_models.queries.active_tasks() == []
     assert orch.command(a.id).status is CommandStatus.SUCCEEDED
     assert orch.command(b.id).status is CommandStatus.SUCCEEDED
     invariants_hold(orch, agent_state, expected_commands=[a.id, b.id])
@@ -181,7 +181,7 @@ def test_deactivate_storage_domain_is_refused_while_a_task_runs_on_it_and_accept
     engine.cycle()  # the copy tasks are on the agent now
     task_ids = sorted(orch.command(template.command_id).tasks)
     assert all(orch.command(template.command_id).tasks[t].agent_task_id for t in task_ids)
-    head = orch.projections.head()
+    head = orch.read_models.runner.head()
 
     refused = cli(
         store_url, agent_state, "submit", "DeactivateStorageDomain", "--params", '{"storage_domain_id": "sd-2"}'
@@ -193,7 +193,7 @@ def test_deactivate_storage_domain_is_refused_while_a_task_runs_on_it_and_accept
         assert task_id in lines[0], "the message names the running tasks"
     with pytest.raises(CommandRefusedError, match="2 task\\(s\\) running on it"):
         orch.submit("DeactivateStorageDomain", {"storage_domain_id": "sd-2"})
-    assert orch.projections.head() == head, "nothing was recorded for the refused command"
+    assert orch.read_models.runner.head() == head, "nothing was recorded for the refused command"
 
     cycle_until(engine, lambda: not orch.command(template.command_id).in_flight, what="the template is done")
     accepted = cli(
@@ -260,23 +260,23 @@ def crash_then_recover(
 
 def views_tell_what_the_log_tells(orch: Orchestrator, command_id: str) -> None:
     """Each view against the command aggregate itself (a rebuild shares the view's code; this does not)."""
-    orch.projections.catch_up()
+    orch.read_models.runner.catch_up()
     command = orch.command(command_id)
-    rows = {r.command_id: r for r in orch.queries.list_commands(include_children=True)}
+    rows = {r.command_id: r for r in orch.read_models.queries.list_commands(include_children=True)}
     root = rows[command_id]
     uncleared = [t for t in command.tasks.values() if not t.cleared]
     assert (root.status, root.task_count) == (command.status.value, len(command.tasks))
     assert root.uncleared_tasks == len(uncleared)
     assert {c for c in rows if c != command_id} == set(command.children) - {command_id}  # a lone child is the root
     assert (command_id in [str(i) for i in orch.store.in_flight_ids()]) == command.in_flight
-    active = {a.task_id: a for a in orch.queries.active_tasks(command_id)}
+    active = {a.task_id: a for a in orch.read_models.queries.active_tasks(command_id)}
     assert set(active) == {t.task_id for t in uncleared}
     for task in uncleared:
         assert (active[task.task_id].status, active[task.task_id].agent_task_id) == (
             task.status.value,
             task.agent_task_id,
         )
-        touched = orch.queries.entities_for_task(task.task_id)
+        touched = orch.read_models.queries.entities_for_task(task.task_id)
         assert {(e.entity_type, e.entity_id) for e in touched} == {(u.ref.type.value, u.ref.id) for u in task.entities}
         assert {e.status for e in touched} == {task.status.value}
 
@@ -294,9 +294,9 @@ def test_after_crash_and_recovery_every_projection_equals_a_rebuild(
         assert not orch.command(command_id).in_flight
         views_tell_what_the_log_tells(orch, command_id)
         assert_projections_true(orch)
-        assert orch.queries.active_tasks() == [], "the active-tasks view is empty once idle"
-        assert orch.queries.list_commands(in_flight=True) == []
-        rows = orch.queries.list_commands()
+        assert orch.read_models.queries.active_tasks() == [], "the active-tasks view is empty once idle"
+        assert orch.read_models.queries.list_commands(in_flight=True) == []
+        rows = orch.read_models.queries.list_commands()
         assert [(r.command_id, r.status) for r in rows] == [(command_id, orch.command(command_id).status.value)]
     active = cli_json(store_url, agent_state, "active")
     assert active["tasks"] == []
@@ -307,7 +307,7 @@ def test_cli_verify_passes_after_crash_and_recovery(store_url: str, agent_state:
     crash_then_recover(store_url, agent_state, "RemoveVm", {"vm_id": "vm-0001"}, "after_agent_accept:2", ONE_PER_CALL)
     proc = cli(store_url, agent_state, "projections", "rebuild", "--verify")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in PROJECTIONS:
+    for name in READ_MODELS:
         assert f"{name}: equal to a rebuild from the log" in proc.stdout
 
 
@@ -337,7 +337,7 @@ def test_projection_process_killed_mid_stream_resumes_without_skipping_or_repeat
         orch.seed(n_commands, disks)
         for n in range(1, n_commands + 1):  # a backlog the views have not seen yet
             orch.submit("CreateTemplate", {"vm_id": f"vm-{n:04d}", "name": f"t{n}"})
-        head = orch.projections.head()
+        head = orch.read_models.runner.head()
         assert set(positions(store_url).values()) == {0}
     accepted_ids = [int(r[0]) for r in _accepted_notification_ids(store_url)]
     assert len(accepted_ids) == n_commands
@@ -377,7 +377,7 @@ def test_projection_process_killed_mid_stream_resumes_without_skipping_or_repeat
     active = store_sql(store_url, "SELECT COUNT(*) FROM proj_active_tasks")[0][0]
     assert (roots, active) == (n_commands, n_commands * disks), "every event applied once"
     with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
-        assert {s.name: s.lag for s in orch.projections.status()} == dict.fromkeys(PROJECTIONS, 0)
+        assert {s.name: s.lag for s in orch.read_models.runner.status()} == dict.fromkeys(READ_MODELS, 0)
         assert_projections_true(orch)
 
 
@@ -398,7 +398,7 @@ def test_rebuild_while_the_engine_runs_never_shows_a_half_built_view(store_url: 
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(n, 2)
         ids = [str(orch.submit("CreateSnapshot", {"vm_id": f"vm-{k:04d}"}).command_id) for k in range(1, n + 1)]
-        orch.projections.catch_up()
+        orch.read_models.runner.catch_up()
     # Opened one after the other, before the engine (opening one store at the same moment is another bug).
     other = Orchestrator.open(store_url, agent_state=agent_state, create=False)
     orch = Orchestrator.open(store_url, agent_state=agent_state, create=False)
@@ -417,9 +417,9 @@ def test_rebuild_while_the_engine_runs_never_shows_a_half_built_view(store_url: 
     def reader() -> None:
         while not stop.is_set():
             try:
-                seen_counts.append(len(other.queries.list_commands()))
-                other.queries.active_tasks()
-                other.queries.tasks_for_entity(EntityRef(VM, "vm-0001"))
+                seen_counts.append(len(other.read_models.queries.list_commands()))
+                other.read_models.queries.active_tasks()
+                other.read_models.queries.tasks_for_entity(EntityRef(VM, "vm-0001"))
             except Exception as exc:  # a reader must never fail because of a rebuild
                 reader_errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -428,8 +428,8 @@ def test_rebuild_while_the_engine_runs_never_shows_a_half_built_view(store_url: 
     rebuilds = 0
     try:
         while engine.poll() is None:
-            for projection in orch.projections.projections:
-                orch.projections.rebuild(projection)
+            for projection in orch.read_models.runner.projections:
+                orch.read_models.runner.rebuild(projection)
             rebuilds += 1
     finally:
         stop.set()
@@ -443,8 +443,8 @@ def test_rebuild_while_the_engine_runs_never_shows_a_half_built_view(store_url: 
     assert seen_counts and min(seen_counts) == n, "readers saw a half-built commands view"
     with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
         assert [orch.command(i).status for i in ids] == [CommandStatus.SUCCEEDED] * n
-        orch.projections.catch_up()
-        assert orch.queries.active_tasks() == []
+        orch.read_models.runner.catch_up()
+        assert orch.read_models.queries.active_tasks() == []
         assert_projections_true(orch)
     invariants_after(store_url, agent_state)
 
@@ -475,7 +475,7 @@ def test_cli_rebuild_while_the_engine_runs(store_url: str, agent_state: Path) ->
     finally:
         _, stderr = engine.communicate(timeout=90)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in PROJECTIONS:
+    for name in READ_MODELS:
         assert f"{name}: rebuilt from" in proc.stdout
     assert engine.returncode == 0, stderr[-2000:]
     invariants_after(store_url, agent_state)
@@ -498,20 +498,20 @@ def _delete_one_index_row(store_url: str) -> tuple[str, str, str]:
 def test_verify_finds_a_row_deleted_from_a_live_view(store_url: str, orch: Orchestrator) -> None:
     orch.seed(1, 2)
     orch.submit("RemoveVm", {"vm_id": "vm-0001"})
-    orch.projections.catch_up()
+    orch.read_models.runner.catch_up()
     assert_projections_true(orch)
     _, _, task_id = _delete_one_index_row(store_url)
     store_sql(store_url, "UPDATE proj_commands SET status = 'succeeded' WHERE parent_id IS NULL")
 
-    entity_tasks = orch.projections.verify(PROJECTIONS["entity_tasks"])
+    entity_tasks = orch.read_models.runner.verify(READ_MODELS["entity_tasks"])
     assert not entity_tasks.ok
     assert any("only in the rebuild" in d and task_id in d for d in entity_tasks.differences), entity_tasks.differences
-    commands = orch.projections.verify(PROJECTIONS["commands"])
+    commands = orch.read_models.runner.verify(READ_MODELS["commands"])
     assert any("only in the live view" in d and "succeeded" in d for d in commands.differences)
-    assert orch.projections.verify(PROJECTIONS["active_tasks"]).ok
+    assert orch.read_models.runner.verify(READ_MODELS["active_tasks"]).ok
     # A rebuild repairs the view.
-    orch.projections.rebuild(PROJECTIONS["entity_tasks"])
-    orch.projections.rebuild(PROJECTIONS["commands"])
+    orch.read_models.runner.rebuild(READ_MODELS["entity_tasks"])
+    orch.read_models.runner.rebuild(READ_MODELS["commands"])
     assert_projections_true(orch)
 
 
@@ -520,7 +520,7 @@ def test_cli_verify_exits_non_zero_and_prints_the_row_deleted_from_a_live_view(
 ) -> None:
     orch.seed(1, 2)
     orch.submit("RemoveVm", {"vm_id": "vm-0001"})
-    orch.projections.catch_up()
+    orch.read_models.runner.catch_up()
     _, _, task_id = _delete_one_index_row(store_url)
     proc = cli(store_url, agent_state, "projections", "rebuild", "entity_tasks", "--verify")
     assert proc.returncode == 10, proc.stderr[-2000:]
@@ -545,8 +545,8 @@ def test_cli_json_outputs_parse_and_carry_freshness(store_url: str, orch: Orches
     orch.seed(2, 2)
     removal = orch.submit("RemoveVm", {"vm_id": "vm-0001"})
     orch.submit("CreateTemplate", {"vm_id": "vm-0002", "name": "t"})
-    head = orch.projections.head()
-    assert {s.lag for s in orch.projections.status()} == {head}, "nothing projected yet"
+    head = orch.read_models.runner.head()
+    assert {s.lag for s in orch.read_models.runner.status()} == {head}, "nothing projected yet"
     task_id = sorted(orch.command(removal.command_id).tasks)[0]
 
     listed = cli_json(store_url, agent_state, "list")
@@ -573,7 +573,7 @@ def test_cli_json_outputs_parse_and_carry_freshness(store_url: str, orch: Orches
 
     status = cli_json(store_url, agent_state, "projections", "status")
     assert {s["name"]: (s["position"], s["head"], s["lag"]) for s in status} == dict.fromkeys(
-        PROJECTIONS, (head, head, 0)
+        READ_MODELS, (head, head, 0)
     )
 
 
@@ -603,7 +603,7 @@ def test_rebuild_script_rebuilds_and_verifies(store_url: str, orch: Orchestrator
     orch.submit("RemoveVm", {"vm_id": "vm-0001"})
     rebuilt = _script("rebuild_projections.py", "--store", store_url, "--json")
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
-    assert {r["name"] for r in json.loads(rebuilt.stdout)} == set(PROJECTIONS)
+    assert {r["name"] for r in json.loads(rebuilt.stdout)} == set(READ_MODELS)
     verified = _script("rebuild_projections.py", "--store", store_url, "--verify")
     assert verified.returncode == 0, verified.stderr[-2000:]
     assert "equal to a rebuild from the log" in verified.stdout

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.application import Orchestrator
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.domain.model import TaskStatus
 from orchestrator.testing import FaultConfig, SimulatedAgent
 from tests.conftest import REPO, cli_env, engine_args, invariants_hold, run_cli, wait_for

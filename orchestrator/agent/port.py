@@ -8,13 +8,14 @@ decides nothing from it. An unreachable or timed-out agent raises
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from orchestrator.domain.recovery import AgentTaskFact, AgentView
 from orchestrator.errors import AgentProtocolError
 
 
@@ -117,6 +118,11 @@ def _validated(adapter: TypeAdapter[T], raw: Any, call: str) -> T:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "answer"
         raise AgentProtocolError(f"agent gave a malformed answer to {call} ({where}: {first['msg']})") from None
+
+
+def view_of(statuses: Iterable[AgentTaskStatus]) -> AgentView:
+    """What recovery and the inspection read of the agent's answer: key, id and whether it ended."""
+    return AgentView(AgentTaskFact(s.agent_task_id, s.key, s.ended) for s in statuses)
 
 
 @runtime_checkable

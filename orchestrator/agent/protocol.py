@@ -6,9 +6,9 @@ Every request's params and every result is one of the pydantic models below
 or `python -m orchestrator.agent.protocol --schema`), and
 `docs/agent-protocol.md` explains them to whoever writes an agent.
 
-The `Simulator.*` methods are not part of the protocol proper: they are the
-simulated agent's administration (journal, faults, seeding), which a real
-agent does not have.
+`MethodSpec`, `models_schema()`, `method_table()` and `schema_command()` also
+serve extensions of the protocol (more methods on the same endpoint and
+envelope), which describe themselves in a schema of their own.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -26,7 +26,6 @@ from pydantic.json_schema import models_json_schema
 
 from orchestrator.agent.port import AgentTaskStatus, CreateResult, StorageView, TaskSpec
 from orchestrator.errors import AgentError, AgentProtocolError
-from orchestrator.testing.simulated_agent import FaultConfig
 
 PROTOCOL_VERSION = "1.0"  # major.minor: a client refuses an agent of another major version
 JSONRPC_VERSION = "2.0"
@@ -56,7 +55,7 @@ class StaleEpochError(AgentError):
     """The agent refused a call whose fence is older than one it has seen: this engine was deposed."""
 
 
-class _Model(BaseModel):
+class ProtocolModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -66,7 +65,7 @@ class _Model(BaseModel):
 _FENCE = "who makes the call; refused with -32001 if older than a fence the agent has seen"
 
 
-class Fence(_Model):
+class Fence(ProtocolModel):
     """Who makes a mutating call: the engine and the epoch of its lease (higher is newer)."""
 
     engine_id: str = Field(min_length=1, max_length=200)
@@ -76,7 +75,7 @@ class Fence(_Model):
 # ---- the JSON-RPC envelope ----------------------------------------------------------------------
 
 
-class RpcRequest(_Model):
+class RpcRequest(ProtocolModel):
     """One call. `params` may be omitted for methods without params; it must be an object."""
 
     jsonrpc: Literal["2.0"]
@@ -85,19 +84,19 @@ class RpcRequest(_Model):
     params: dict[str, Any] | None = None  # by name only: by-position params are refused with -32602
 
 
-class RpcErrorObject(_Model):
+class RpcErrorObject(ProtocolModel):
     code: StrictInt
     message: str
     data: Any = None
 
 
-class RpcSuccess(_Model):
+class RpcSuccess(ProtocolModel):
     jsonrpc: Literal["2.0"]
     id: StrictInt | StrictStr
     result: Any
 
 
-class RpcFailure(_Model):
+class RpcFailure(ProtocolModel):
     jsonrpc: Literal["2.0"]
     id: StrictInt | StrictStr | None
     error: RpcErrorObject
@@ -106,35 +105,35 @@ class RpcFailure(_Model):
 # ---- the protocol's methods ---------------------------------------------------------------------
 
 
-class NoParams(_Model):
+class NoParams(ProtocolModel):
     """Params of a method that takes none: `{}` (or params omitted)."""
 
 
-class EmptyResult(_Model):
+class EmptyResult(ProtocolModel):
     """The result of a call that only acknowledges: `{}`."""
 
 
-class IdentifyResult(_Model):
+class IdentifyResult(ProtocolModel):
     agent_id: str = Field(min_length=1, max_length=200)
     pool_id: str = Field(min_length=1, max_length=200)
     protocol_version: str = Field(pattern=r"^[0-9]+\.[0-9]+$")
     software: str = Field(max_length=200)
 
 
-class CreateTasksParams(_Model):
+class CreateTasksParams(ProtocolModel):
     tasks: list[TaskSpec]
     fence: Fence | None = Field(None, description=_FENCE)
 
 
-class CreateTasksResult(_Model):
+class CreateTasksResult(ProtocolModel):
     results: list[CreateResult] = Field(description="one per task, in the order given")
 
 
-class TaskStatusesResult(_Model):
+class TaskStatusesResult(ProtocolModel):
     tasks: list[AgentTaskStatus] = Field(description="every task held (created, not cleared), in creation order")
 
 
-class TaskIdsParams(_Model):
+class TaskIdsParams(ProtocolModel):
     agent_task_ids: list[str]
     fence: Fence | None = Field(None, description=_FENCE)
 
@@ -151,68 +150,14 @@ class RevertTasksParams(TaskIdsParams):
     """Undo the storage effect of tasks that finished with success."""
 
 
-class RevertOutcome(_Model):
+class RevertOutcome(ProtocolModel):
     agent_task_id: str
     reverted: bool = Field(description="true: its effect is undone (now, or by an earlier call); false: it had none")
     error: str = Field("", description="why the effect cannot be undone; empty if it can")
 
 
-class RevertTasksResult(_Model):
+class RevertTasksResult(ProtocolModel):
     results: list[RevertOutcome] = Field(description="one per id, in the order given")
-
-
-# ---- the simulator's administration (not part of the protocol proper) -------------------------
-
-
-class JournalEntry(_Model):
-    """A task the simulated agent was ever given, and what became of it."""
-
-    agent_task_id: str
-    key: str
-    verb: str
-    args: str = Field(description="the task's args, as JSON text")
-    state: str
-    result: str
-    message: str
-    created_at: float = Field(description="epoch seconds, like every time here")
-    ended_at: float | None
-    effect_applied: int
-    reverted: int
-    cleared_at: float | None
-    vanished: int
-
-
-class JournalResult(_Model):
-    entries: list[JournalEntry]
-
-
-class SetFaultsParams(_Model):
-    faults: FaultConfig
-
-
-class SeedVolume(_Model):
-    storage_domain_id: str = Field(min_length=1)
-    image_id: str = Field(min_length=1)
-    volume_id: str = Field(min_length=1)
-
-
-class SeedParams(_Model):
-    domains: list[str]
-    volumes: list[SeedVolume]
-    token: str | None = Field(None, description="with a token: all or nothing, undone by Simulator.unseed")
-
-
-class SeedResult(_Model):
-    clashes: list[str] = Field(description="with a token: volume ids already present (then nothing was added)")
-
-
-class UnseedParams(_Model):
-    token: str = Field(min_length=1)
-    volume_ids: list[str]
-
-
-class UnseedResult(_Model):
-    removed: int
 
 
 # ---- the method table -----------------------------------------------------------------------------
@@ -225,6 +170,9 @@ class MethodSpec:
     result: type[BaseModel]
     mutating: bool  # takes an optional fence
     summary: str
+
+    def models(self) -> tuple[type[BaseModel], type[BaseModel]]:
+        return self.params, self.result
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -240,26 +188,13 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 
-SIMULATOR_METHODS: dict[str, MethodSpec] = {
-    m.name: m
-    for m in (
-        MethodSpec("Simulator.journal", NoParams, JournalResult, False, "every task ever created"),
-        MethodSpec("Simulator.faults", NoParams, FaultConfig, False, "the faults in force"),
-        MethodSpec("Simulator.set_faults", SetFaultsParams, EmptyResult, False, "replace the faults"),
-        MethodSpec("Simulator.seed", SeedParams, SeedResult, False, "add storage domains and base volumes"),
-        MethodSpec("Simulator.unseed", UnseedParams, UnseedResult, False, "remove volumes a seed added"),
-        MethodSpec("Simulator.storage", NoParams, StorageView, False, "the storage, without simulated faults"),
-    )
-}
-
-
 # ---- validating answers ---------------------------------------------------------------------------
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def parse_result(model: type[M], raw: Any, call: str) -> M:
-    """Validate a result; a malformed one raises AgentProtocolError (one line, like interface.py)."""
+    """Validate a result; a malformed one raises AgentProtocolError (one line, like the port's parse functions)."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -269,7 +204,7 @@ def parse_result(model: type[M], raw: Any, call: str) -> M:
 
 
 def result_field(raw: Any, model: type[BaseModel], call: str) -> Any:
-    """The one field of a wrapper result (`{"tasks": [...]}`), left raw for interface.py's parsers."""
+    """The one field of a wrapper result (`{"tasks": [...]}`), left raw for the port's parse functions."""
     (name,) = model.model_fields
     if not isinstance(raw, dict) or set(raw) != {name}:
         raise AgentProtocolError(f"agent gave a malformed answer to {call} (expected an object with only {name!r})")
@@ -287,24 +222,31 @@ def protocol_major(version: str) -> int:
 # ---- the schema -------------------------------------------------------------------------------------
 
 
-def protocol_schema() -> dict[str, Any]:
-    """The JSON Schema of every request and answer model, with the method table and error codes."""
-    envelope: dict[str, type[BaseModel]] = {"request": RpcRequest, "success": RpcSuccess, "error": RpcFailure}
-    models: list[type[BaseModel]] = [*envelope.values(), Fence]
-    for spec in (*METHODS.values(), *SIMULATOR_METHODS.values()):
-        models += [spec.params, spec.result]
+def models_schema(models: Iterable[type[BaseModel]]) -> tuple[Callable[[type[BaseModel]], Any], dict[str, Any]]:
+    """A reference to each model's JSON Schema, and the definitions (`$defs`) the references point to."""
     unique = list(dict.fromkeys(models))
     refs, definitions = models_json_schema([(m, "validation") for m in unique], ref_template="#/$defs/{model}")
 
     def ref(model: type[BaseModel]) -> Any:
         return refs[(model, "validation")]
 
-    def table(specs: dict[str, MethodSpec]) -> dict[str, Any]:
-        return {
-            name: {"summary": s.summary, "mutating": s.mutating, "params": ref(s.params), "result": ref(s.result)}
-            for name, s in specs.items()
-        }
+    return ref, definitions.get("$defs", {})
 
+
+def method_table(specs: Mapping[str, MethodSpec], ref: Callable[[type[BaseModel]], Any]) -> dict[str, Any]:
+    """The schema's description of each method: summary, whether it is fenced, its params and result."""
+    return {
+        name: {"summary": s.summary, "mutating": s.mutating, "params": ref(s.params), "result": ref(s.result)}
+        for name, s in specs.items()
+    }
+
+
+def protocol_schema() -> dict[str, Any]:
+    """The JSON Schema of every request and answer model, with the method table and error codes."""
+    envelope: dict[str, type[BaseModel]] = {"request": RpcRequest, "success": RpcSuccess, "error": RpcFailure}
+    ref, definitions = models_schema(
+        [*envelope.values(), Fence, *(model for spec in METHODS.values() for model in spec.models())]
+    )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "orchestrator agent protocol",
@@ -312,33 +254,48 @@ def protocol_schema() -> dict[str, Any]:
         "protocol_version": PROTOCOL_VERSION,
         "envelope": {name: ref(model) for name, model in envelope.items()},
         "fence": ref(Fence),
-        "methods": table(METHODS),
-        "simulator_methods": table(SIMULATOR_METHODS),
+        "methods": method_table(METHODS, ref),
         "error_codes": {str(code): meaning for code, meaning in ERROR_CODES.items()},
-        "$defs": definitions.get("$defs", {}),
+        "$defs": definitions,
     }
 
 
+def schema_json(schema: dict[str, Any]) -> str:
+    """A schema as checked in: indented, keys sorted, one final newline."""
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
 def schema_text() -> str:
-    """The schema as checked in: indented, keys sorted, one final newline."""
-    return json.dumps(protocol_schema(), indent=2, sort_keys=True) + "\n"
+    """The protocol's schema as checked in."""
+    return schema_json(protocol_schema())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.agent.protocol", description="The agent protocol's JSON Schema."
-    )
+def schema_command(
+    argv: Sequence[str] | None, *, module: str, description: str, path: Path, text: Callable[[], str]
+) -> int:
+    """`python -m MODULE --schema` prints a schema, `--write` writes it to its file in docs/."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("--schema", action="store_true", help="print the JSON Schema of every request and answer")
-    parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_PATH.name} in docs/")
+    parser.add_argument("--write", action="store_true", help=f"write it to {path.name} in docs/")
     args = parser.parse_args(argv)
     if args.write:
-        SCHEMA_PATH.write_text(schema_text())
-        print(f"wrote {SCHEMA_PATH}")
+        path.write_text(text())
+        print(f"wrote {path}")
     elif args.schema:
-        sys.stdout.write(schema_text())
+        sys.stdout.write(text())
     else:
         parser.print_help()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return schema_command(
+        argv,
+        module="orchestrator.agent.protocol",
+        description="The agent protocol's JSON Schema.",
+        path=SCHEMA_PATH,
+        text=schema_text,
+    )
 
 
 if __name__ == "__main__":

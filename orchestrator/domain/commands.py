@@ -28,6 +28,14 @@ from orchestrator.domain.model import (
     TaskStatus,
     agent_task_key,
 )
+from orchestrator.domain.payloads import (
+    AgentIdPair,
+    ChildRecord,
+    EntityRecord,
+    RefusalPair,
+    StopPair,
+    TaskEndRecord,
+)
 from orchestrator.errors import CommandRefusedError
 
 
@@ -37,7 +45,7 @@ class TaskState:
     child_id: str
     verb: str
     args: dict[str, Any]
-    entity_records: list[list[str]]  # [type, id, mode]; parsed when first asked (recovery never asks)
+    entity_records: list[EntityRecord]  # parsed when first asked (recovery never asks)
     agent_task_id: str | None = None
     status: TaskStatus = TaskStatus.PLANNED
     end_kind: EndKind | None = None
@@ -93,8 +101,8 @@ class RootCommand(Aggregate):
         flow: str
         params: dict[str, Any]
         summary: str
-        entities: list[list[str]]
-        children: list[dict[str, Any]]
+        entities: list[EntityRecord]
+        children: list[ChildRecord]
 
         def mutate(self, aggregate: Any) -> Any:
             """Build the command directly: recovery replays thousands, and the library's
@@ -112,7 +120,7 @@ class RootCommand(Aggregate):
             aggregate._mark_started(self.timestamp)
 
     class TasksSubmitted(Aggregate.Event):
-        submitted: list[list[str]]  # [task_id, agent_task_id]
+        submitted: list[AgentIdPair]
 
         def apply(self, aggregate: RootCommand) -> None:
             aggregate._mark_started(self.timestamp)
@@ -123,7 +131,7 @@ class RootCommand(Aggregate):
                 task.submitted_at = self.timestamp
 
     class TasksRefused(Aggregate.Event):
-        refused: list[list[str]]  # [task_id, message]
+        refused: list[RefusalPair]
 
         def apply(self, aggregate: RootCommand) -> None:
             aggregate._mark_started(self.timestamp)
@@ -134,7 +142,7 @@ class RootCommand(Aggregate):
                 aggregate.failure_reason = f"the agent refused {len(self.refused)} task(s)"
 
     class OrphansAdopted(Aggregate.Event):
-        orphans: list[list[str]]  # [task_id, agent_task_id]
+        orphans: list[AgentIdPair]
 
         def apply(self, aggregate: RootCommand) -> None:
             aggregate._mark_started(self.timestamp)
@@ -146,7 +154,7 @@ class RootCommand(Aggregate):
                 task.submitted_at = self.timestamp
 
     class TasksEnded(Aggregate.Event):
-        ended: list[dict[str, Any]]  # task_id, status, kind, message, result
+        ended: list[TaskEndRecord]
 
         def apply(self, aggregate: RootCommand) -> None:
             for item in self.ended:
@@ -188,7 +196,7 @@ class RootCommand(Aggregate):
     class StopsDecided(Aggregate.Event):
         """The engine will stop these running tasks (recorded first, so a restart still knows why)."""
 
-        stops: list[list[str]]  # [task_id, reason]
+        stops: list[StopPair]
 
         def apply(self, aggregate: RootCommand) -> None:
             for task_id, reason in self.stops:
@@ -265,8 +273,8 @@ class RootCommand(Aggregate):
         flow: str,
         params: dict[str, Any],
         summary: str,
-        entities: list[list[str]],
-        children: list[dict[str, Any]],
+        entities: list[EntityRecord],
+        children: list[ChildRecord],
     ) -> None:
         self.flow = flow
         self.params = params
@@ -304,7 +312,7 @@ class RootCommand(Aggregate):
         params: dict[str, Any],
         summary: str,
         entities: list[EntityUse],
-        children: list[dict[str, Any]],
+        children: list[ChildRecord],
     ) -> RootCommand:
         return cls._create(
             cls.Accepted,
@@ -409,7 +417,7 @@ class RootCommand(Aggregate):
         if orphans:
             self.trigger_event(self.OrphansAdopted, orphans=[list(o) for o in orphans])
 
-    def record_ended(self, ended: list[dict[str, Any]]) -> None:
+    def record_ended(self, ended: list[TaskEndRecord]) -> None:
         if ended:
             self.trigger_event(self.TasksEnded, ended=ended)
 
@@ -455,6 +463,8 @@ class RootCommand(Aggregate):
         )
 
     def end(self, *, flagged: bool = False, reverted: list[str] | None = None) -> None:
+        """Record the end; a command whose success gave up and fell back to failure stays flagged."""
+        flagged = flagged or self.flagged
         action = self.due_end_action
         succeeded = action is EndAction.SUCCESS and not flagged
         reason = "all tasks succeeded" if succeeded else self.failure_summary()

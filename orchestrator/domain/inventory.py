@@ -13,7 +13,15 @@ from typing import Any, ClassVar
 
 from eventsourcing.domain import Aggregate
 
-from orchestrator.domain.model import EntityRef, EntityType, LockMode, entity_aggregate_id
+from orchestrator.domain.model import (
+    EntityRef,
+    EntityType,
+    ImageSetStatus,
+    LockMode,
+    StorageDomainStatus,
+    VmStatus,
+    entity_aggregate_id,
+)
 
 
 class InventoryEntity(Aggregate):
@@ -100,18 +108,18 @@ class StorageDomain(InventoryEntity):
         status: str
 
         def apply(self, aggregate: StorageDomain) -> None:
-            aggregate.status = self.status
+            aggregate.status = StorageDomainStatus(self.status)
 
     def __init__(self, entity_id: str, attrs: dict[str, Any]) -> None:  # eventsourcing needs it declared
         super().__init__(entity_id, attrs)
 
     def _init_attrs(self, attrs: dict[str, Any]) -> None:
         self.name: str = attrs.get("name", self.entity_id)
-        self.status: str = attrs.get("status", "active")
+        self.status = StorageDomainStatus(attrs.get("status", StorageDomainStatus.ACTIVE))
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: StorageDomainStatus) -> None:
         if status != self.status:
-            self.trigger_event(self.StatusChanged, status=status)
+            self.trigger_event(self.StatusChanged, status=status.value)
 
 
 class Vm(InventoryEntity):
@@ -121,7 +129,7 @@ class Vm(InventoryEntity):
         status: str
 
         def apply(self, aggregate: Vm) -> None:
-            aggregate.status = self.status
+            aggregate.status = VmStatus(self.status)
 
     class DisksDetached(Aggregate.Event):
         disk_ids: list[str]
@@ -133,7 +141,7 @@ class Vm(InventoryEntity):
         memory_volumes: list[list[str]]  # [storage_domain, image, volume]
 
         def apply(self, aggregate: Vm) -> None:
-            aggregate.status = "hibernated"
+            aggregate.status = VmStatus.HIBERNATED
             aggregate.memory_volumes = [list(v) for v in self.memory_volumes]
 
     class SnapshotAdded(Aggregate.Event):
@@ -147,14 +155,14 @@ class Vm(InventoryEntity):
 
     def _init_attrs(self, attrs: dict[str, Any]) -> None:
         self.name: str = attrs.get("name", self.entity_id)
-        self.status: str = attrs.get("status", "down")
+        self.status = VmStatus(attrs.get("status", VmStatus.DOWN))
         self.disk_ids: list[str] = list(attrs.get("disk_ids", []))
         self.memory_volumes: list[list[str]] = []
         self.snapshot_ids: list[str] = []
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: VmStatus) -> None:
         if status != self.status:
-            self.trigger_event(self.StatusChanged, status=status)
+            self.trigger_event(self.StatusChanged, status=status.value)
 
     def detach_disks(self, disk_ids: list[str]) -> None:
         present = [d for d in disk_ids if d in self.disk_ids]
@@ -162,7 +170,7 @@ class Vm(InventoryEntity):
             self.trigger_event(self.DisksDetached, disk_ids=present)
 
     def hibernate(self, memory_volumes: list[list[str]]) -> None:
-        if self.status != "hibernated":
+        if self.status is not VmStatus.HIBERNATED:
             self.trigger_event(self.Hibernated, memory_volumes=memory_volumes)
 
     def add_snapshot(self, snapshot_id: str) -> None:
@@ -202,7 +210,7 @@ class Template(InventoryEntity):
 
     class Ready(Aggregate.Event):
         def apply(self, aggregate: Template) -> None:
-            aggregate.status = "ok"
+            aggregate.status = ImageSetStatus.OK
 
     def __init__(self, entity_id: str, attrs: dict[str, Any]) -> None:  # eventsourcing needs it declared
         super().__init__(entity_id, attrs)
@@ -211,10 +219,10 @@ class Template(InventoryEntity):
         self.name: str = attrs["name"]
         self.source_vm_id: str = attrs["source_vm_id"]
         self.images: list[list[str]] = [list(i) for i in attrs["images"]]  # [sd, image, volume]
-        self.status: str = attrs.get("status", "locked")
+        self.status = ImageSetStatus(attrs.get("status", ImageSetStatus.LOCKED))
 
     def mark_ready(self) -> None:
-        if self.status != "ok":
+        if self.status is not ImageSetStatus.OK:
             self.trigger_event(self.Ready)
 
 
@@ -223,7 +231,7 @@ class Snapshot(InventoryEntity):
 
     class Ready(Aggregate.Event):
         def apply(self, aggregate: Snapshot) -> None:
-            aggregate.status = "ok"
+            aggregate.status = ImageSetStatus.OK
 
     def __init__(self, entity_id: str, attrs: dict[str, Any]) -> None:  # eventsourcing needs it declared
         super().__init__(entity_id, attrs)
@@ -232,10 +240,10 @@ class Snapshot(InventoryEntity):
         self.vm_id: str = attrs["vm_id"]
         self.description: str = attrs.get("description", "")
         self.volumes: dict[str, str] = dict(attrs["volumes"])  # disk id -> new volume
-        self.status: str = attrs.get("status", "locked")
+        self.status = ImageSetStatus(attrs.get("status", ImageSetStatus.LOCKED))
 
     def mark_ready(self) -> None:
-        if self.status != "ok":
+        if self.status is not ImageSetStatus.OK:
             self.trigger_event(self.Ready)
 
 

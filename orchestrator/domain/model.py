@@ -66,6 +66,7 @@ class EntityUse:
     mode: LockMode
 
     def to_record(self) -> list[str]:
+        """[type, id, mode], as events store it."""
         return [self.ref.type.value, self.ref.id, self.mode.value]
 
     @classmethod
@@ -77,6 +78,24 @@ class EntityUse:
 def _entity_use(entity_type: str, entity_id: str, mode: str) -> EntityUse:
     """Entity uses are immutable and repeat a lot (a storage domain in every task): share them."""
     return EntityUse(EntityRef(EntityType(entity_type), entity_id), LockMode(mode))
+
+
+class VmStatus(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    HIBERNATED = "hibernated"
+
+
+class StorageDomainStatus(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class ImageSetStatus(StrEnum):
+    """A template's or a snapshot's: locked while the command that makes it runs, ok once made."""
+
+    LOCKED = "locked"
+    OK = "ok"
 
 
 class TaskStatus(StrEnum):

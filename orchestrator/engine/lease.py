@@ -1,67 +1,35 @@
 """The engine lease: one engine at a time executes the commands of a store.
 
-On SQLite it is an exclusive `flock` on `<store>.engine.lock`; on PostgreSQL
-a session advisory lock held by a dedicated connection. Both vanish with the
-process that holds them, however it dies, so a standby engine (another
-`orchestrator run` on the same store) takes over a dead engine's work at once,
-starting with recovery.
+It is a store-wide lock of the engine's process (orchestrator/store/sqlite.py,
+postgres.py): a `flock` on a lock file keyed by the database file itself on
+SQLite, a session advisory lock held by a connection of its own on PostgreSQL.
+Both go with the process that holds them, however it dies, so a standby engine
+(another `orchestrator run` on the same store) takes over a dead engine's work
+at once, starting with recovery.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import time
-import zlib
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import psycopg
+from orchestrator.errors import EngineBusyError
+from orchestrator.store import StoreConfig, dialect_for
 
-from orchestrator.errors import EngineBusyError, StoreError
-from orchestrator.store import StoreConfig, create_private_file
+ENGINE_LOCK = "engine"
 
 
 class EngineLease:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-        self._fd: int | None = None
-        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = dialect_for(config).lock(ENGINE_LOCK)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None or self._conn is not None
+        return self._lock.held
 
     def try_acquire(self) -> bool:
-        if self.held:
-            return True
-        if self.config.kind == "sqlite":
-            assert self.config.path is not None
-            path = Path(f"{self.config.path}.engine.lock")
-            create_private_file(path)
-            fd = os.open(path, os.O_RDWR)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            self._fd = fd
-            return True
-        try:
-            conn = psycopg.connect(**self.config.pg_conninfo(), autocommit=True)  # type: ignore[arg-type]
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to {self.config.redacted}: {self.config.scrub(str(exc))}") from None
-        key = zlib.crc32(f"orchestrator-engine:{self.config.schema_name}".encode())
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-        if not row or not row[0]:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
+        return self._lock.try_acquire()
 
     def acquire(
         self, *, wait: bool, stop: Callable[[], bool] = lambda: False, on_wait: Callable[[], None] | None = None
@@ -82,12 +50,4 @@ class EngineLease:
         raise EngineBusyError("stopped while waiting for the other engine to stop")
 
     def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-                os.close(self._fd)
-            self._fd = None
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+        self._lock.release()

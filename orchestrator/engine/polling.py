@@ -19,11 +19,12 @@ import logging
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from orchestrator.agent.port import AgentTaskState, AgentTaskStatus
+from orchestrator.agent.port import AgentTaskState, AgentTaskStatus, view_of
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand, TaskState
 from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, parse_agent_task_key
-from orchestrator.domain.recovery import AgentTaskFact, AgentView
+from orchestrator.domain.payloads import TaskEndRecord
+from orchestrator.domain.recovery import AgentView
 from orchestrator.engine.agent_link import AgentLink
 from orchestrator.engine.report import CycleReport
 from orchestrator.engine.writer import Change, CommandWriter
@@ -34,11 +35,7 @@ log = logging.getLogger("orchestrator.engine")
 ZOMBIE = "zombie"
 
 
-def facts_of(statuses: Sequence[AgentTaskStatus]) -> AgentView:
-    return AgentView(AgentTaskFact(s.agent_task_id, s.key, s.ended) for s in statuses)
-
-
-def end_record(task: TaskState, seen: AgentTaskStatus | None, zombie_seconds: float) -> dict[str, object]:
+def end_record(task: TaskState, seen: AgentTaskStatus | None, zombie_seconds: float) -> TaskEndRecord:
     """How a task ended, from what the agent says of it (None: the agent no longer knows it)."""
     if seen is None:
         return _end(task, TaskStatus.FAILED, EndKind.VANISHED, f"the agent no longer knows task {task.agent_task_id}")
@@ -51,7 +48,7 @@ def end_record(task: TaskState, seen: AgentTaskStatus | None, zombie_seconds: fl
     return _end(task, status, EndKind.FINISHED, seen.message)
 
 
-def _end(task: TaskState, status: TaskStatus, kind: EndKind, message: str, **result: object) -> dict[str, object]:
+def _end(task: TaskState, status: TaskStatus, kind: EndKind, message: str, **result: object) -> TaskEndRecord:
     return {"task_id": task.task_id, "status": status.value, "kind": kind.value, "message": message, "result": result}
 
 
@@ -89,7 +86,7 @@ class Poller:
         except AgentError:
             return None
         self._report_phantoms(statuses)
-        view = facts_of(statuses)
+        view = view_of(statuses)
         by_id = {s.agent_task_id: s for s in statuses}
         now = self.clock()
         changes: dict[UUID, Change] = {}

@@ -20,14 +20,13 @@ import time
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from orchestrator.agent.port import AgentTaskStatus
+from orchestrator.agent.port import AgentTaskStatus, view_of
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EndKind, FailureCause, TaskStatus, parse_agent_task_key
 from orchestrator.domain.recovery import AgentView, Decision, Verdict, decide
 from orchestrator.engine.agent_link import AgentLink
 from orchestrator.engine.discovery import Discovery
-from orchestrator.engine.polling import facts_of
 from orchestrator.engine.report import RecoveryReport
 from orchestrator.engine.stopping import Stopper
 from orchestrator.engine.writer import Change, CommandWriter
@@ -81,7 +80,7 @@ class Recovery:
         if statuses is None:
             report.gave_up = True
             return report
-        view = facts_of(statuses)
+        view = view_of(statuses)
         decisions: dict[UUID, Decision] = {}
         self.writer.apply({ident: _recover(view, decisions) for ident in list(self.held)})
         for ident, decision in decisions.items():

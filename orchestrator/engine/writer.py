@@ -99,8 +99,3 @@ class CommandWriter:
             return None
         self.held[command_id] = command
         return command
-
-    def save_new(self, *aggregates: Any) -> None:
-        """Save aggregates that no other process can change (nothing to rebase)."""
-        self.events += self.store.save(*aggregates, stamp=self.stamp())
-        self.transactions += 1

@@ -29,6 +29,7 @@ from orchestrator.domain.model import (
     LockMode,
     derive_id,
 )
+from orchestrator.domain.payloads import ChildRecord, TaskRecord
 from orchestrator.errors import CommandRefusedError, InvalidParametersError
 
 MAX_PARAMS_BYTES = 16 * 1024
@@ -71,7 +72,7 @@ class TaskPlan:
     args: dict[str, str | int]
     entities: list[EntityUse]
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> TaskRecord:
         return {
             "task_id": self.task_id,
             "verb": self.verb,
@@ -86,7 +87,7 @@ class ChildPlan:
     command_type: str
     tasks: list[TaskPlan]
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> ChildRecord:
         return {
             "child_id": self.child_id,
             "command_type": self.command_type,

@@ -7,8 +7,16 @@ from typing import Annotated, Any
 from pydantic import StringConstraints
 
 from orchestrator.domain.commands import RootCommand
-from orchestrator.domain.inventory import Disk, Snapshot, Vm
-from orchestrator.domain.model import EntityRef, EntityType, LockMode, short_id
+from orchestrator.domain.inventory import Disk, Snapshot, StorageDomain, Vm
+from orchestrator.domain.model import (
+    EntityRef,
+    EntityType,
+    ImageSetStatus,
+    LockMode,
+    StorageDomainStatus,
+    VmStatus,
+    short_id,
+)
 from orchestrator.errors import CommandRefusedError
 from orchestrator.flows.base import (
     ChildPlan,
@@ -40,12 +48,16 @@ class CreateSnapshot(Flow):
     def plan(self, ctx: PlanContext, params: Any) -> Plan:
         assert isinstance(params, CreateSnapshotParams)
         vm = require(ctx.inventory, EntityRef(EntityType.VM, params.vm_id), Vm)
-        if vm.status == "hibernated":
+        if vm.status is VmStatus.HIBERNATED:
             raise CommandRefusedError(f"vm {vm.entity_id} is hibernated")
         ctx.inventory.prefetch(EntityRef(EntityType.DISK, d) for d in vm.disk_ids)
         disks = [require(ctx.inventory, EntityRef(EntityType.DISK, d), Disk) for d in vm.disk_ids]
         if not disks:
             raise CommandRefusedError(f"vm {vm.entity_id} has no disk to snapshot")
+        for sd in dict.fromkeys(d.storage_domain_id for d in disks):  # the new volumes go there
+            domain = require(ctx.inventory, EntityRef(EntityType.STORAGE_DOMAIN, sd), StorageDomain)
+            if domain.status is not StorageDomainStatus.ACTIVE:
+                raise CommandRefusedError(f"storage domain {sd} is {domain.status}")
         snapshot_id = short_id("snap", ctx.command_id, "snapshot")
         new_volumes = {d.entity_id: short_id("vol", ctx.command_id, d.entity_id) for d in disks}
         children = [
@@ -75,7 +87,11 @@ class CreateSnapshot(Flow):
             for disk in disks
         ]
         snapshot = Snapshot.register(
-            snapshot_id, vm_id=vm.entity_id, description=params.description, volumes=new_volumes, status="locked"
+            snapshot_id,
+            vm_id=vm.entity_id,
+            description=params.description,
+            volumes=new_volumes,
+            status=ImageSetStatus.LOCKED,
         )
         entities = uses(
             (EntityType.VM, vm.entity_id, W),

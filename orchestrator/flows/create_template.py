@@ -8,7 +8,7 @@ from pydantic import StringConstraints
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, StorageDomain, Template, Vm
-from orchestrator.domain.model import EntityRef, EntityType, LockMode, short_id
+from orchestrator.domain.model import EntityRef, EntityType, ImageSetStatus, LockMode, StorageDomainStatus, short_id
 from orchestrator.errors import CommandRefusedError
 from orchestrator.flows.base import (
     ChildPlan,
@@ -55,9 +55,10 @@ class CreateTemplate(Flow):
         children = []
         for disk in disks:
             target_sd = params.target_storage_domain_id or disk.storage_domain_id
-            domain = require(ctx.inventory, EntityRef(EntityType.STORAGE_DOMAIN, target_sd), StorageDomain)
-            if domain.status != "active":
-                raise CommandRefusedError(f"storage domain {target_sd} is {domain.status}")
+            for sd in dict.fromkeys((disk.storage_domain_id, target_sd)):  # copied from and to: both must be active
+                domain = require(ctx.inventory, EntityRef(EntityType.STORAGE_DOMAIN, sd), StorageDomain)
+                if domain.status is not StorageDomainStatus.ACTIVE:
+                    raise CommandRefusedError(f"storage domain {sd} is {domain.status}")
             image = short_id("img", ctx.command_id, disk.entity_id)
             volume = short_id("vol", ctx.command_id, disk.entity_id)
             images.append([target_sd, image, volume])
@@ -75,6 +76,7 @@ class CreateTemplate(Flow):
                     (EntityType.STORAGE_DOMAIN, disk.storage_domain_id, R),
                     (EntityType.STORAGE_DOMAIN, target_sd, R),
                     (EntityType.IMAGE, disk.image_id, R),
+                    (EntityType.IMAGE, image, W),
                     (EntityType.TEMPLATE, template_id, W),
                     (EntityType.VM, vm.entity_id, R),
                     (EntityType.DISK, disk.entity_id, R),
@@ -82,7 +84,7 @@ class CreateTemplate(Flow):
             )
             children.append(ChildPlan(ctx.child_id(disk.entity_id), "CreateImageTemplate", [task]))
         template = Template.register(
-            template_id, name=params.name, source_vm_id=vm.entity_id, images=images, status="locked"
+            template_id, name=params.name, source_vm_id=vm.entity_id, images=images, status=ImageSetStatus.LOCKED
         )
         entities = uses(
             (EntityType.VM, vm.entity_id, R),

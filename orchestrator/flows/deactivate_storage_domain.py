@@ -6,7 +6,7 @@ from typing import Any
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import StorageDomain
-from orchestrator.domain.model import EntityRef, EntityType, LockMode
+from orchestrator.domain.model import EntityRef, EntityType, LockMode, StorageDomainStatus
 from orchestrator.errors import CommandRefusedError
 from orchestrator.flows.base import EntityId, Flow, FlowParams, InventoryAccess, Plan, PlanContext, require, uses
 
@@ -24,7 +24,7 @@ class DeactivateStorageDomain(Flow):
         assert isinstance(params, DeactivateStorageDomainParams)
         ref = EntityRef(EntityType.STORAGE_DOMAIN, params.storage_domain_id)
         domain = require(ctx.inventory, ref, StorageDomain)
-        if domain.status != "active":
+        if domain.status is not StorageDomainStatus.ACTIVE:
             raise CommandRefusedError(f"storage domain {ref.id} is already {domain.status}")
         running = ctx.running_tasks_on(ref)
         if running:
@@ -37,7 +37,7 @@ class DeactivateStorageDomain(Flow):
     def end_successfully(self, command: RootCommand, inventory: InventoryAccess) -> None:
         domain = inventory.get(EntityRef(EntityType.STORAGE_DOMAIN, command.params["storage_domain_id"]))
         assert isinstance(domain, StorageDomain)
-        domain.set_status("inactive")
+        domain.set_status(StorageDomainStatus.INACTIVE)
 
     def end_with_failure(self, command: RootCommand, inventory: InventoryAccess) -> None:
         """Nothing was changed; the locks are released by the engine."""

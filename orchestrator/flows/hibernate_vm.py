@@ -6,7 +6,7 @@ from typing import Any
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, StorageDomain, Vm
-from orchestrator.domain.model import EntityRef, EntityType, LockMode, short_id
+from orchestrator.domain.model import EntityRef, EntityType, LockMode, StorageDomainStatus, VmStatus, short_id
 from orchestrator.errors import CommandRefusedError
 from orchestrator.flows.base import (
     ChildPlan,
@@ -39,7 +39,7 @@ class HibernateVm(Flow):
     def plan(self, ctx: PlanContext, params: Any) -> Plan:
         assert isinstance(params, HibernateVmParams)
         vm = require(ctx.inventory, EntityRef(EntityType.VM, params.vm_id), Vm)
-        if vm.status != "up":
+        if vm.status is not VmStatus.UP:
             raise CommandRefusedError(f"vm {vm.entity_id} is {vm.status}; only a running (up) vm can be hibernated")
         sd_id = params.storage_domain_id
         if sd_id is None:
@@ -47,7 +47,7 @@ class HibernateVm(Flow):
                 raise CommandRefusedError(f"vm {vm.entity_id} has no disk; give storage_domain_id")
             sd_id = require(ctx.inventory, EntityRef(EntityType.DISK, vm.disk_ids[0]), Disk).storage_domain_id
         domain = require(ctx.inventory, EntityRef(EntityType.STORAGE_DOMAIN, sd_id), StorageDomain)
-        if domain.status != "active":
+        if domain.status is not StorageDomainStatus.ACTIVE:
             raise CommandRefusedError(f"storage domain {sd_id} is {domain.status}")
         tasks = []
         for part in MEMORY_PARTS:
@@ -85,4 +85,4 @@ class HibernateVm(Flow):
         """The engine has reverted the volumes that were created; the VM is back up."""
         vm = inventory.get(EntityRef(EntityType.VM, command.params["vm_id"]))
         assert isinstance(vm, Vm)
-        vm.set_status("up")
+        vm.set_status(VmStatus.UP)

@@ -6,7 +6,7 @@ from typing import Any
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, Vm
-from orchestrator.domain.model import EntityRef, EntityType, LockMode
+from orchestrator.domain.model import EntityRef, EntityType, LockMode, VmStatus
 from orchestrator.errors import CommandRefusedError
 from orchestrator.flows.base import (
     ChildPlan,
@@ -36,7 +36,7 @@ class RemoveVm(Flow):
     def plan(self, ctx: PlanContext, params: Any) -> Plan:
         assert isinstance(params, RemoveVmParams)
         vm = require(ctx.inventory, EntityRef(EntityType.VM, params.vm_id), Vm)
-        if vm.status == "hibernated":
+        if vm.status is VmStatus.HIBERNATED:
             raise CommandRefusedError(f"vm {vm.entity_id} is hibernated; resume it before removing it")
         ctx.inventory.prefetch(EntityRef(EntityType.DISK, d) for d in vm.disk_ids)
         disks = [require(ctx.inventory, EntityRef(EntityType.DISK, d), Disk) for d in vm.disk_ids]
@@ -87,4 +87,4 @@ class RemoveVm(Flow):
         vm = inventory.get(EntityRef(EntityType.VM, command.params["vm_id"]))
         assert isinstance(vm, Vm)
         vm.detach_disks(removed)
-        vm.set_status("down")
+        vm.set_status(VmStatus.DOWN)

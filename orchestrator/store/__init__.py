@@ -15,7 +15,7 @@ from orchestrator.store.door import (
     store_layout,
 )
 from orchestrator.store.event_store import Dialect, EventStore, writer_of
-from orchestrator.store.url import StoreConfig, parse_store_url, store_url_from_env
+from orchestrator.store.url import STORE_ENV_VAR, StoreConfig, parse_store_url, store_url_from_env
 
 
 def dialect_for(config: StoreConfig) -> Dialect:
@@ -32,6 +32,7 @@ def dialect_for(config: StoreConfig) -> Dialect:
 __all__ = [
     "LAYOUT_VERSION",
     "META_TABLE",
+    "STORE_ENV_VAR",
     "Dialect",
     "EventStore",
     "StoreConfig",

@@ -21,6 +21,7 @@ from eventsourcing.utils import TopicError
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import ENTITY_CLASSES
 from orchestrator.errors import StoreError, damaged_event
+from orchestrator.store.tables import Tables
 from orchestrator.store.url import StoreConfig
 
 CACHE_SIZE = 20_000
@@ -47,6 +48,21 @@ class Dialect(Protocol):
     def fill_in_flight(self, recorder: Any, ids: Sequence[UUID]) -> None: ...
 
     def has_table(self, recorder: Any, table: str) -> bool: ...
+
+    def tables(self, *, read_only: bool = False) -> Tables: ...
+
+    def lock(self, purpose: str) -> StoreLock: ...
+
+
+class StoreLock(Protocol):
+    """A store-wide lock of one process: a flock beside a SQLite file, a session advisory lock on PostgreSQL."""
+
+    @property
+    def held(self) -> bool: ...
+
+    def try_acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class CheckedMapper(Mapper[UUID]):

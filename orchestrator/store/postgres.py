@@ -1,4 +1,5 @@
-"""Everything PostgreSQL-specific: the recorder, bulk loads, the in-flight index and the locks.
+"""Everything PostgreSQL-specific: the recorder, bulk loads, the in-flight index, the read models'
+tables and the locks.
 
 The recorder is the library's, extended to keep `orchestrator_in_flight` (the
 root commands in flight) in the same transaction as the events that change it.
@@ -29,6 +30,7 @@ from psycopg.sql import SQL, Identifier
 
 from orchestrator.errors import StoreError
 from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.tables import Cursor, Operation, summed
 from orchestrator.store.url import StoreConfig
 
 EVENTS_TABLE = "orchestrator_events"
@@ -136,6 +138,13 @@ class PostgresDialect:
                 ([str(i) for i in ids],),
             )
 
+    def tables(self, *, read_only: bool = False) -> PostgresTables:
+        return PostgresTables(self.config, read_only=read_only)
+
+    def lock(self, purpose: str) -> AdvisoryLock:
+        """A store-wide lock held until released or until this process dies (the engine lease)."""
+        return AdvisoryLock(self.config, purpose)
+
     def has_table(self, recorder: Any, table: str) -> bool:
         with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
             cursor.execute(
@@ -180,6 +189,10 @@ class AdvisoryLock:
 
     def release(self) -> None:
         if self._conn is not None:
+            # Unlock before closing: a closed connection's locks are let go by its server process
+            # a moment later, and whoever asks in that moment would find the lock still taken.
+            with contextlib.suppress(psycopg.Error):
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None
@@ -192,3 +205,124 @@ class AdvisoryLock:
         finally:
             if got:
                 self.release()
+
+
+class _QmarkCursor:
+    """A psycopg cursor that takes `?` placeholders (the read models' statements are written once)."""
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(sql.replace("?", "%s"), tuple(params))  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
+        if params:
+            self._cursor.executemany(sql.replace("?", "%s"), [tuple(p) for p in params])  # type: ignore[arg-type]
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def copy(self, statement: str) -> Any:
+        """COPY ... FROM STDIN (bulk insert)."""
+        return self._cursor.copy(statement)  # type: ignore[arg-type]
+
+
+class PostgresTables:
+    """The read models' tables in a PostgreSQL store: a small pool; writers by transaction advisory lock.
+
+    Per-row statements cost PostgreSQL more than the work they do, so each group of writes is one
+    set statement: COPY for inserts, UPDATE ... FROM unnest for updates, = ANY for deletes.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.config = config
+        self.read_only = read_only
+        search_path = f"{config.schema_name},public"
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            kwargs={**config.pg_conninfo(), "autocommit": True, "options": f"-c search_path={search_path}"},
+            min_size=1,
+            max_size=4,
+            open=False,
+            timeout=10,
+        )
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            self._pool.open(wait=True, timeout=10)
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"lost the connection to {self.config.redacted}: {self.config.scrub(str(exc))}") from None
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Cursor]:
+        with self._connection() as pg, pg.transaction(force_rollback=True):
+            pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield _QmarkCursor(pg.cursor())
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._connection() as pg:
+            return pg.execute(sql.replace("?", "%s"), tuple(params)).fetchall()  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def write(self, lock_name: str = "projections") -> Iterator[Cursor]:
+        if self.read_only:
+            raise StoreError("this connection is read-only")
+        with self._connection() as pg, pg.transaction():
+            pg.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(self.config, lock_name),))
+            yield _QmarkCursor(pg.cursor())
+
+    def run_group(
+        self, cursor: Cursor, operation: Operation, target: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        if operation == "keyed":
+            cursor.execute(target.format(match="= ANY(?)"), ([r[0] for r in rows],))
+        elif operation == "decrement":
+            key, column = columns
+            totals = summed(rows)
+            cursor.execute(
+                f"UPDATE {target} AS t SET {column} = t.{column} - v.by FROM unnest(?::text[], ?::int[]) AS v(k, by)"
+                f" WHERE t.{key} = v.k",
+                ([k for k, _ in totals], [by for _, by in totals]),
+            )
+        elif operation == "insert":
+            assert isinstance(cursor, _QmarkCursor)
+            with cursor.copy(f"COPY {target} FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        elif operation == "delete":
+            cursor.execute(f"DELETE FROM {target} WHERE {columns[0]} = ANY(?)", ([r[0] for r in rows],))
+        else:
+            latest = {r[0]: r for r in rows}  # a row updated twice in one group keeps its last values
+            key, *assigned = columns
+            arrays = [[r[i] for r in latest.values()] for i in range(len(columns))]
+            unnest = ", ".join("?::text[]" for _ in columns)
+            names = ", ".join(f"c{i}" for i in range(len(columns)))
+            sets = ", ".join(f"{c} = v.c{i + 1}" for i, c in enumerate(assigned))
+            cursor.execute(
+                f"UPDATE {target} AS t SET {sets} FROM unnest({unnest}) AS v({names}) WHERE t.{key} = v.c0", arrays
+            )
+
+    def tables_starting(self, cursor: Cursor, prefix: str) -> list[str]:
+        cursor.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ? AND left(table_name, ?) = ?",
+            (self.config.schema_name, len(prefix), prefix),
+        )
+        return [str(r[0]) for r in cursor.fetchall()]
+
+    @contextlib.contextmanager
+    def exclusive(self, purpose: str) -> Iterator[bool]:
+        with AdvisoryLock(self.config, purpose).holding() as got:
+            yield got

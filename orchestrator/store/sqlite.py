@@ -1,4 +1,5 @@
-"""Everything SQLite-specific: the recorder, bulk loads, the in-flight index and the locks.
+"""Everything SQLite-specific: the recorder, bulk loads, the in-flight index, the read models' tables
+and the locks.
 
 The recorder is the library's, extended to keep `orchestrator_in_flight` (the
 root commands in flight) in the same transaction as the events that change it,
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,10 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore, SQLiteFactory
 from eventsourcing.utils import get_topic
 
-from orchestrator.store.door import create_private_file
+from orchestrator.errors import StoreError
+from orchestrator.store.door import create_private_file, sqlite_uri
 from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.tables import Cursor, Operation, execute_rows, summed
 from orchestrator.store.url import StoreConfig
 
 EVENTS_TABLE = "stored_events"
@@ -107,6 +112,14 @@ class SQLiteDialect:
             for ident in ids:
                 cursor.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
 
+    def tables(self, *, read_only: bool = False) -> SQLiteTables:
+        return SQLiteTables(self.config, read_only=read_only)
+
+    def lock(self, purpose: str) -> FileLock:
+        """A store-wide lock held until released or until this process dies (the engine lease)."""
+        assert self.config.path is not None
+        return FileLock(lock_file_for(self.config.path, purpose))
+
     def has_table(self, recorder: Any, table: str) -> bool:
         with recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
@@ -168,3 +181,95 @@ class FileLock:
         finally:
             if got:
                 self.release()
+
+
+class SQLiteTables:
+    """The read models' tables in a SQLite store: one connection per thread, writers by BEGIN IMMEDIATE."""
+
+    dialect = "sqlite"
+
+    def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
+        assert config.path is not None
+        self.config = config
+        self.path = config.path
+        self.read_only = read_only
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            mode = "ro" if self.read_only else "rw"
+            try:
+                conn = sqlite3.connect(
+                    f"{sqlite_uri(self.path)}?mode={mode}",
+                    uri=True,
+                    timeout=30,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open {self.config.redacted}: {exc}") from exc
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Cursor]:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn.cursor()
+        finally:
+            conn.execute("ROLLBACK")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn().execute(sql, tuple(params)).fetchall()
+
+    @contextlib.contextmanager
+    def write(self, lock_name: str = "projections") -> Iterator[Cursor]:
+        # BEGIN IMMEDIATE serialises every writer of the file, whatever the lock name: a read
+        # never has to upgrade to a write (which could deadlock) inside these transactions.
+        if self.read_only:
+            raise StoreError("this connection is read-only")
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn.cursor()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def run_group(
+        self, cursor: Cursor, operation: Operation, target: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        if operation == "keyed":
+            execute_rows(cursor, target.format(match="= ?"), rows)
+        elif operation == "decrement":
+            key, column = columns
+            sql = f"UPDATE {target} SET {column} = {column} - ? WHERE {key} = ?"
+            execute_rows(cursor, sql, [(by, k) for k, by in summed(rows)])
+        elif operation == "insert":
+            execute_rows(cursor, f"INSERT INTO {target} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        elif operation == "delete":
+            execute_rows(cursor, f"DELETE FROM {target} WHERE {columns[0]} = ?", rows)
+        else:
+            key, *assigned = columns
+            sets = ", ".join(f"{c} = ?" for c in assigned)
+            execute_rows(cursor, f"UPDATE {target} SET {sets} WHERE {key} = ?", [(*r[1:], r[0]) for r in rows])
+
+    def tables_starting(self, cursor: Cursor, prefix: str) -> list[str]:
+        cursor.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND substr(name, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return [str(r[0]) for r in cursor.fetchall()]
+
+    @contextlib.contextmanager
+    def exclusive(self, purpose: str) -> Iterator[bool]:
+        with FileLock(lock_file_for(self.path, purpose)).holding() as got:
+            yield got

@@ -1,17 +1,17 @@
-"""The embedded orchestrator: the service layer over the event store.
+"""The service layer: accepting, cancelling and reading commands over the event store.
 
-`Orchestrator` is the library object a program creates and drives. It accepts
-commands (validation, entity locks and all expected tasks in one
-transaction), answers questions, seeds an inventory, and hands out the task
-manager that executes accepted commands.
+`CommandService` accepts commands (validation, entity locks and every expected
+task in one transaction), records cancels, and reads commands and the
+inventory back. It knows neither the agents nor the read models: the
+composition root (orchestrator/bootstrap.py) hands it what validation asks of
+the read models (`running_tasks_on`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -21,37 +21,25 @@ from pydantic import BaseModel
 
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
-from orchestrator.domain.inventory import (
-    ENTITY_CLASSES,
-    Disk,
-    InventoryEntity,
-    StorageDomain,
-    Vm,
-)
-from orchestrator.domain.model import EntityRef, EntityType
+from orchestrator.domain.inventory import ENTITY_CLASSES, InventoryEntity
+from orchestrator.domain.model import EntityRef
 from orchestrator.errors import (
     CommandRefusedError,
     DuplicateCommandError,
     EntityLockedError,
     NotFoundError,
     OrchestratorError,
-    SeedConflictError,
 )
 from orchestrator.flows import get_flow
 from orchestrator.flows.base import Flow, FlowParams, PlanContext
-from orchestrator.store import EventStore, StoreConfig, dialect_for, parse_store_url, store_layout, store_url_from_env
+from orchestrator.store import EventStore, StoreConfig
 from orchestrator.store.unit_of_work import InventoryUnit
-from orchestrator.testing import SimulatedAgent, default_agent_state_path
-from projections.db import ViewDatabase
-from projections.queries import ViewQueries
-from projections.runner import ProjectionRunner
 
 log = logging.getLogger("orchestrator")
 ACCEPT_ATTEMPTS = 20
 CLIENT_STAMP = {"phase": "client"}  # events written by a user's call (submit, cancel), not by an engine
-SEED_BATCH = 2_000  # aggregates per transaction when seeding
 SUBMIT_MANY_BATCH = 500  # commands per transaction in submit_many
-SEED_DOMAINS = ("sd-1", "sd-2")
+RunningTasksLookup = Callable[[EntityRef], list[str]]
 
 
 @dataclass
@@ -74,16 +62,6 @@ class SubmitResult(BaseModel):
     duplicate: bool
 
 
-class SeededVm(BaseModel):
-    vm_id: str
-    disk_ids: list[str]
-
-
-class SeedResult(BaseModel):
-    storage_domains: list[str]
-    vms: list[SeededVm]
-
-
 class CancelResult(BaseModel):
     """The answer to `cancel`."""
 
@@ -92,62 +70,17 @@ class CancelResult(BaseModel):
     reason: str  # the reason on record
 
 
-@dataclass
-class Orchestrator:
-    """The embedded orchestrator over one store and one (simulated) agent: the service layer."""
+class CommandService:
+    """Commands in and out of one store."""
 
-    config: StoreConfig
-    store: EventStore
-    views: ViewDatabase
-    projections: ProjectionRunner
-    queries: ViewQueries
-    agent_state: Path
-
-    @classmethod
-    def open(cls, store: str | None = None, *, agent_state: Path | None = None, create: bool = True) -> Orchestrator:
-        config = parse_store_url(store_url_from_env(store))
-        with store_layout(config, create=create) as ready:
-            return cls._open(config, agent_state, create_tables=not ready)
-
-    @classmethod
-    def _open(cls, config: StoreConfig, agent_state: Path | None, *, create_tables: bool) -> Orchestrator:
-        events = EventStore.open(config, dialect_for(config), create_tables=create_tables)
-        views = ViewDatabase(config)
-        runner = ProjectionRunner(views, events.recorder, events.app.mapper)
-        if create_tables:
-            runner.ensure_tables()
-            _upgrade_in_flight_index(events, views, runner)
-        state = agent_state or default_agent_state_path(config.path)
-        return cls(config, events, views, runner, ViewQueries(views), state)
-
-    def close(self) -> None:
-        self.views.close()
-        self.store.close()
-
-    def __enter__(self) -> Orchestrator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def app(self) -> Any:
-        return self.store.app
+    def __init__(self, config: StoreConfig, store: EventStore, running_tasks_on: RunningTasksLookup) -> None:
+        self.config = config
+        self.store = store
+        self._running_tasks_on = running_tasks_on
 
     def save(self, *aggregates: Any) -> None:
+        """Record aggregates' pending events as a user's call does (stamped as the client's)."""
         self.store.save(*aggregates, stamp=CLIENT_STAMP)
-
-    def forget(self, ids: Iterable[UUID] | None = None) -> None:
-        self.store.forget(ids)
-
-    def load_aggregates(self, ids: list[UUID]) -> dict[UUID, Any]:
-        return self.store.load_aggregates(ids)
-
-    def load_commands(self, ids: Sequence[UUID]) -> list[RootCommand]:
-        return self.store.load_commands(ids)
-
-    def open_agent(self) -> SimulatedAgent:
-        return SimulatedAgent.open(self.agent_state)
 
     # ---- commands --------------------------------------------------------------------------
 
@@ -239,10 +172,10 @@ class Orchestrator:
         try:
             self.save(*commands, *unit.touched())
         except IntegrityError:
-            self.forget(e.id for e in unit.entities.values())
+            self.store.forget(e.id for e in unit.entities.values())
             return False
         except BaseException:
-            self.forget(e.id for e in unit.entities.values())
+            self.store.forget(e.id for e in unit.entities.values())
             raise
         return True
 
@@ -277,10 +210,6 @@ class Orchestrator:
                     f"command {holder}; try again when it has ended"
                 )
 
-    def _running_tasks_on(self, ref: EntityRef) -> list[str]:
-        self.projections.catch_up()
-        return [row.task_id for row in self.queries.tasks_for_entity(ref, running_only=True)]
-
     def command(self, command_id: UUID | str, version: int | None = None) -> RootCommand:
         try:
             ident = command_id if isinstance(command_id, UUID) else UUID(str(command_id))
@@ -302,10 +231,10 @@ class Orchestrator:
                 if recorded:
                     self.save(command)
             except IntegrityError:
-                self.forget([command.id])  # the cached copy holds the unsaved change: read afresh
+                self.store.forget([command.id])  # the cached copy holds the unsaved change: read afresh
                 continue
             except BaseException:
-                self.forget([command.id])
+                self.store.forget([command.id])
                 raise
             assert command.cancel_reason is not None
             return CancelResult(command_id=command.id, requested=recorded, reason=command.cancel_reason)
@@ -324,69 +253,6 @@ class Orchestrator:
         loaded = self.store.load_aggregates(ids)
         return [loaded[i] for i in ids if isinstance(loaded.get(i), InventoryEntity)]
 
-    def seed(self, vms: int, disks: int, status: str = "up") -> SeedResult:
-        """Create storage domains, VMs and their disks, here and on the simulated agent."""
-        existing = {e.ref: e for e in self.inventory()}
-        taken = [int(ref.id.split("-")[1]) for ref in existing if ref.type is EntityType.VM and ref.id[3:].isdigit()]
-        start = max(taken, default=0) + 1
-        new: list[InventoryEntity] = []
-        for sd in SEED_DOMAINS:
-            if EntityRef(EntityType.STORAGE_DOMAIN, sd) not in existing:
-                new.append(StorageDomain.register(sd, name=sd, status="active"))
-        seeded: list[SeededVm] = []
-        volumes: list[tuple[str, str, str]] = []
-        for n in range(start, start + vms):
-            vm_id = f"vm-{n:04d}"
-            disk_ids = [f"disk-{n:04d}-{k}" for k in range(1, disks + 1)]
-            for k, disk_id in enumerate(disk_ids, start=1):
-                image, volume = f"img-{n:04d}-{k}", f"vol-{n:04d}-{k}-base"
-                new.append(
-                    Disk.register(disk_id, vm_id=vm_id, storage_domain_id="sd-1", image_id=image, volumes=[volume])
-                )
-                volumes.append(("sd-1", image, volume))
-            new.append(Vm.register(vm_id, name=vm_id, status=status, disk_ids=disk_ids))
-            seeded.append(SeededVm(vm_id=vm_id, disk_ids=disk_ids))
-        agent = self.open_agent()
-        try:
-            # The agent first (it is the truth), all or nothing and tagged, so that a seed that
-            # loses the race for the store can take back exactly what it added.
-            token = uuid4().hex
-            clashes = agent.backend.seed_storage(SEED_DOMAINS, volumes, token)
-            if clashes:
-                raise SeedConflictError(
-                    f"another seed ran at the same time ({len(clashes)} of these volumes, e.g. {clashes[0]}, are "
-                    "already on the agent); nothing was added; run the seed again"
-                )
-            saved = 0
-            try:
-                for start in range(0, len(new), SEED_BATCH):  # one huge insert can hang the PostgreSQL driver
-                    self.save(*new[start : start + SEED_BATCH])
-                    saved += len(new[start : start + SEED_BATCH])
-            except BaseException as exc:
-                self.forget(e.id for e in new)
-                unsaved = [v for e in new[saved:] if isinstance(e, Disk) for v in e.volumes]
-                agent.backend.unseed(token, unsaved)
-                if isinstance(exc, IntegrityError):
-                    kept = f"; {saved} entities were recorded before it" if saved else "; nothing was added"
-                    raise SeedConflictError(f"another seed ran at the same time{kept}; run the seed again") from None
-                raise
-        finally:
-            agent.close()
-        return SeedResult(storage_domains=list(SEED_DOMAINS), vms=seeded)
-
 
 def registered_topics() -> list[str]:
     return [get_topic(cls.Registered) for cls in ENTITY_CLASSES.values()]
-
-
-def _upgrade_in_flight_index(events: EventStore, views: ViewDatabase, runner: ProjectionRunner) -> None:
-    """A store of layout 3 kept its commands in flight in a read model; the store keeps them now."""
-    if not events.has_table("proj_in_flight"):
-        return
-    runner.catch_up()
-    with views.read() as cur:
-        cur.execute("SELECT command_id FROM proj_in_flight")
-        ids = [UUID(str(r[0])) for r in cur.fetchall()]
-    events.fill_in_flight(ids)
-    with views.write() as cur:
-        cur.execute("DROP TABLE proj_in_flight")

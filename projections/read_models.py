@@ -6,19 +6,19 @@
   engine's `async_tasks`); empty when the engine is idle.
 - `commands`: one row per command, root and child, with the entities it declared.
 
-Each projection turns events into SQL statements. The statements of one batch
-run grouped by lifecycle rank and statement, each group as one `executemany`.
+Each read model turns events into writes (projections/statements.py). The
+writes of one batch run grouped by lifecycle rank and operation.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.domain.model import LockMode
-from projections.db import Cursor
+from orchestrator.errors import InputError
+from projections.statements import StatementBatch
 
 # A row of proj_commands still in flight: not ended, or ended with tasks still to clear.
 IN_FLIGHT = "(status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
@@ -44,127 +44,9 @@ LIFECYCLE_RANK = {
 }
 
 
-GroupKey = tuple[int, str, str, tuple[str, ...]]  # rank, operation, table or SQL, columns
+class ReadModel(ABC):
+    """A read model: its tables, and the writes that apply one event to them."""
 
-
-@dataclass
-class StatementBatch:
-    """The writes of a batch of events, grouped to be sent as few statements as possible.
-
-    Writes are grouped by (lifecycle rank, operation); groups run rank by rank, in order
-    of first use within a rank. Structured operations (insert, update by key, delete by
-    key) become one `executemany` on SQLite, and one set statement (COPY, UPDATE ... FROM
-    unnest, DELETE ... = ANY) on PostgreSQL, whose per-row executions cost more than the
-    work they do.
-    """
-
-    groups: dict[GroupKey, list[tuple[Any, ...]]] = field(default_factory=dict)
-    rank: int = 0
-
-    def add(self, sql: str, *params: Any) -> None:
-        """Any statement (run with `executemany` on both stores)."""
-        self.groups.setdefault((self.rank, "sql", sql, ()), []).append(params)
-
-    def insert(self, table: str, *row: Any) -> None:
-        self.groups.setdefault((self.rank, "insert", table, ()), []).append(row)
-
-    def delete(self, table: str, column: str, key: Any) -> None:
-        self.groups.setdefault((self.rank, "delete", table, (column,)), []).append((key,))
-
-    def keyed(self, template: str, key: Any) -> None:
-        """A statement that only varies by one key, written with `{match}` where `= key` goes."""
-        self.groups.setdefault((self.rank, "keyed", template, ()), []).append((key,))
-
-    def decrement(self, table: str, key_column: str, key: Any, column: str, by: int) -> None:
-        """Subtract from a counter column (decrements of one key in a group add up)."""
-        self.groups.setdefault((self.rank, "decrement", table, (key_column, column)), []).append((key, by))
-
-    def update(self, table: str, key_column: str, key: Any, **values: str | None) -> None:
-        """Set text columns of the rows whose `key_column` equals `key`."""
-        columns = (key_column, *values)
-        self.groups.setdefault((self.rank, "update", table, columns), []).append((key, *values.values()))
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.groups.values())
-
-    def run(self, cursor: Cursor, dialect: str = "sqlite") -> None:
-        ordered = sorted(enumerate(self.groups), key=lambda item: (item[1][0], item[0]))
-        for _, key in ordered:
-            _, operation, target, columns = key
-            rows = self.groups[key]
-            if operation == "sql":
-                _execute(cursor, target, rows)
-            elif dialect == "postgresql":
-                _run_postgres(cursor, operation, target, columns, rows)
-            else:
-                _run_sqlite(cursor, operation, target, columns, rows)
-
-
-def _execute(cursor: Cursor, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    if len(rows) == 1:
-        cursor.execute(sql, rows[0])
-    else:
-        cursor.executemany(sql, rows)
-
-
-def _summed(rows: list[tuple[Any, ...]]) -> list[tuple[Any, int]]:
-    totals: dict[Any, int] = {}
-    for key, by in rows:
-        totals[key] = totals.get(key, 0) + by
-    return list(totals.items())
-
-
-def _run_sqlite(
-    cursor: Cursor, operation: str, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
-) -> None:
-    if operation == "keyed":
-        _execute(cursor, table.format(match="= ?"), rows)
-    elif operation == "decrement":
-        key, column = columns
-        sql = f"UPDATE {table} SET {column} = {column} - ? WHERE {key} = ?"
-        _execute(cursor, sql, [(by, k) for k, by in _summed(rows)])
-    elif operation == "insert":
-        _execute(cursor, f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-    elif operation == "delete":
-        _execute(cursor, f"DELETE FROM {table} WHERE {columns[0]} = ?", rows)
-    else:
-        key, *assigned = columns
-        sets = ", ".join(f"{c} = ?" for c in assigned)
-        _execute(cursor, f"UPDATE {table} SET {sets} WHERE {key} = ?", [(*r[1:], r[0]) for r in rows])
-
-
-def _run_postgres(
-    cursor: Any, operation: str, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
-) -> None:
-    if operation == "keyed":
-        cursor.execute(table.format(match="= ANY(?)"), ([r[0] for r in rows],))
-    elif operation == "decrement":
-        key, column = columns
-        totals = _summed(rows)
-        cursor.execute(
-            f"UPDATE {table} AS t SET {column} = t.{column} - v.by FROM unnest(?::text[], ?::int[]) AS v(k, by)"
-            f" WHERE t.{key} = v.k",
-            ([k for k, _ in totals], [by for _, by in totals]),
-        )
-    elif operation == "insert":
-        with cursor.copy(f"COPY {table} FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-    elif operation == "delete":
-        cursor.execute(f"DELETE FROM {table} WHERE {columns[0]} = ANY(?)", ([r[0] for r in rows],))
-    else:
-        latest = {r[0]: r for r in rows}  # a row updated twice in one group keeps its last values
-        key, *assigned = columns
-        arrays = [[r[i] for r in latest.values()] for i in range(len(columns))]
-        unnest = ", ".join("?::text[]" for _ in columns)
-        names = ", ".join(f"c{i}" for i in range(len(columns)))
-        sets = ", ".join(f"{c} = v.c{i + 1}" for i, c in enumerate(assigned))
-        cursor.execute(
-            f"UPDATE {table} AS t SET {sets} FROM unnest({unnest}) AS v({names}) WHERE t.{key} = v.c0", arrays
-        )
-
-
-class Projection(ABC):
     name: str
     tables: tuple[str, ...]
 
@@ -214,7 +96,7 @@ class RawEvent:
         return str(stamp["_data_"]) if isinstance(stamp, dict) else str(stamp)
 
 
-class EntityTasksProjection(Projection):
+class EntityTasks(ReadModel):
     name = "entity_tasks"
     tables = ("proj_entity_tasks",)
 
@@ -259,7 +141,7 @@ class EntityTasksProjection(Projection):
                 out.delete(t, "task_id", task_id)
 
 
-class ActiveTasksProjection(Projection):
+class ActiveTasks(ReadModel):
     name = "active_tasks"
     tables = ("proj_active_tasks",)
 
@@ -300,7 +182,7 @@ class ActiveTasksProjection(Projection):
                 out.delete(t, "task_id", task_id)
 
 
-class CommandsProjection(Projection):
+class Commands(ReadModel):
     """Commands, root and child, and the entities they declared."""
 
     name = "commands"
@@ -395,15 +277,11 @@ def _tasks_leaving(event: RawEvent) -> Iterable[str]:
     return ()
 
 
-PROJECTIONS: dict[str, Projection] = {
-    p.name: p for p in (EntityTasksProjection(), ActiveTasksProjection(), CommandsProjection())
-}
+READ_MODELS: dict[str, ReadModel] = {m.name: m for m in (EntityTasks(), ActiveTasks(), Commands())}
 
 
-def select_projections(names: Sequence[str]) -> list[Projection]:
-    from orchestrator.errors import InputError
-
-    unknown = [n for n in names if n not in PROJECTIONS]
+def select_read_models(names: Sequence[str]) -> list[ReadModel]:
+    unknown = [n for n in names if n not in READ_MODELS]
     if unknown:
-        raise InputError(f"unknown projection(s) {', '.join(unknown)}; known: {', '.join(PROJECTIONS)}")
-    return [PROJECTIONS[n] for n in names] if names else list(PROJECTIONS.values())
+        raise InputError(f"unknown projection(s) {', '.join(unknown)}; known: {', '.join(READ_MODELS)}")
+    return [READ_MODELS[n] for n in names] if names else list(READ_MODELS.values())

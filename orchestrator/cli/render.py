@@ -7,7 +7,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.views import CommandView
+from orchestrator.documents import CommandView
 from projections.queries import CommandRow
 
 STATUS_STYLE = {

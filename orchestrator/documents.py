@@ -1,7 +1,7 @@
-"""Output models: what `--json` prints. Field names are stable.
+"""The documented answers of the entry points: what `--json` prints (and what the HTTP API answers).
 
-Each model documents one answer of the CLI or the library. Times are UTC
-ISO 8601; ids are strings (command ids are UUIDs).
+Field names are stable. Times are UTC ISO 8601; ids are strings (command ids
+are UUIDs). Each model says which command prints it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from orchestrator.domain.commands import RootCommand, TaskState
+from orchestrator.domain.inventory import Disk, InventoryEntity, Snapshot, StorageDomain, Template, Vm
 
 
 class EntityView(BaseModel):
@@ -117,17 +118,65 @@ class CommandView(BaseModel):
 
 
 class LockView(BaseModel):
+    """`locks --json`: one entity lock held by one command."""
+
     entity_type: str
     entity_id: str
     command_id: str
     command_type: str
-    mode: str
+    mode: str = Field(description="read (shared) or write (exclusive)")
+
+    @classmethod
+    def all_of(cls, entities: list[InventoryEntity]) -> list[LockView]:
+        return [
+            cls(
+                entity_type=e.ref.type.value,
+                entity_id=e.entity_id,
+                command_id=holder,
+                command_type=lock["command_type"],
+                mode=lock["mode"],
+            )
+            for e in entities
+            for holder, lock in sorted(e.locks.items())
+        ]
 
 
 class InventoryItemView(BaseModel):
+    """`inventory --json`: one inventory entity, its state and its locks."""
+
     type: str
     id: str
     removed: bool
     status: str | None
     details: dict[str, Any]
     locks: list[LockView]
+
+    @classmethod
+    def of(cls, e: InventoryEntity) -> InventoryItemView:
+        status, details = _state_of(e)
+        return cls(
+            type=e.ref.type.value, id=e.entity_id, removed=e.removed, status=status, details=details,
+            locks=LockView.all_of([e]),
+        )  # fmt: skip
+
+
+def _state_of(e: InventoryEntity) -> tuple[str | None, dict[str, Any]]:
+    if isinstance(e, Vm):
+        return e.status, {"disks": e.disk_ids, "memory_volumes": e.memory_volumes, "snapshots": e.snapshot_ids}
+    if isinstance(e, Disk):
+        return None, {"vm": e.vm_id, "storage_domain": e.storage_domain_id, "image": e.image_id, "volumes": e.volumes}
+    if isinstance(e, Template):
+        return e.status, {"name": e.name, "source_vm": e.source_vm_id, "images": e.images}
+    if isinstance(e, Snapshot):
+        return e.status, {"vm": e.vm_id, "description": e.description, "volumes": e.volumes}
+    if isinstance(e, StorageDomain):
+        return e.status, {}
+    return None, {}
+
+
+class FlowView(BaseModel):
+    """`flows --json`: a flow and the JSON schema of its parameters."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
-from orchestrator.application import Orchestrator
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, InventoryEntity, Template, Vm
-from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, parse_agent_task_key
+from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, VmStatus, parse_agent_task_key
 from orchestrator.store import writer_of
-from orchestrator.testing import SimulatedAgent
+
+if TYPE_CHECKING:
+    from orchestrator.bootstrap import Orchestrator
+    from orchestrator.testing.simulated_agent import SimulatedAgent
 
 
 class InvariantResult(BaseModel):
@@ -53,7 +55,7 @@ def expected_storage(entities: Iterable[InventoryEntity]) -> set[tuple[str, str,
             continue
         if isinstance(e, Disk):
             out |= {(e.storage_domain_id, e.image_id, v) for v in e.volumes}
-        elif isinstance(e, Vm) and e.status == "hibernated":
+        elif isinstance(e, Vm) and e.status is VmStatus.HIBERNATED:
             out |= {(v[0], v[1], v[2]) for v in e.memory_volumes}
         elif isinstance(e, Template):
             out |= {(i[0], i[1], i[2]) for i in e.images}
@@ -91,8 +93,8 @@ def no_leak(orch: Orchestrator, ev: Evidence) -> list[str]:
         for key, row in ev.journal.items()
         if row["cleared_at"] is None and not row["vanished"] and (p := parse_agent_task_key(key)) and p[0] in ours
     ]
-    orch.projections.catch_up()
-    return problems + [f"active-tasks view still lists {a.task_id}" for a in orch.queries.active_tasks()]
+    orch.read_models.runner.catch_up()
+    return problems + [f"active-tasks view still lists {a.task_id}" for a in orch.read_models.queries.active_tasks()]
 
 
 def no_stuck_lock(ev: Evidence) -> list[str]:
@@ -112,8 +114,8 @@ def every_command_ends(ev: Evidence) -> list[str]:
 def projections_are_true(orch: Orchestrator, ev: Evidence, verify: bool) -> list[str]:
     problems = []
     if verify:
-        for projection in orch.projections.projections:
-            result = orch.projections.verify(projection)
+        for projection in orch.read_models.runner.projections:
+            result = orch.read_models.runner.verify(projection)
             problems += [f"{projection.name}: {d}" for d in result.differences]
     indexed = set(orch.store.in_flight_ids())
     in_flight = {c.id for c in ev.commands if c.in_flight}

@@ -1,0 +1,74 @@
+"""What each database module offers for tables beyond the event store's (the read models').
+
+Statements are written once with `?` placeholders; PostgreSQL's connections
+convert them. Writers of one purpose are serialised store-wide (SQLite by
+`BEGIN IMMEDIATE`, PostgreSQL by a transaction-scoped advisory lock), so every
+event is applied exactly once even with several processes writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, Protocol
+
+# The structured writes a read model batches (see projections/statements.py):
+#   insert:    rows of a table;  delete: rows whose key column is in a set;
+#   keyed:     one statement that varies by a key only, with `{match}` where "= key" goes;
+#   decrement: counter columns lowered by summed amounts per key;
+#   update:    text columns set per key (the last values of a key win).
+Operation = Literal["insert", "delete", "keyed", "decrement", "update"]
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class Tables(Protocol):
+    """Connections to a store's database for tables of our own (read models), one backend's way."""
+
+    dialect: str
+
+    def read(self) -> AbstractContextManager[Cursor]:
+        """A consistent snapshot for reading (no lock that blocks writers)."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """One SELECT outside any transaction (a single statement is consistent by itself)."""
+
+    def write(self, lock_name: str = "projections") -> AbstractContextManager[Cursor]:
+        """A write transaction, serialised with every other writer of `lock_name`."""
+
+    def run_group(
+        self, cursor: Cursor, operation: Operation, target: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        """Run one group of structured writes in as few statements as this database allows."""
+
+    def tables_starting(self, cursor: Cursor, prefix: str) -> list[str]:
+        """Tables whose name starts with a prefix."""
+
+    def exclusive(self, purpose: str) -> AbstractContextManager[bool]:
+        """A store-wide lock for one purpose, held until the block ends or the process dies; False if taken."""
+
+    def close(self) -> None: ...
+
+
+def execute_rows(cursor: Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """One statement for one row, `executemany` for more."""
+    if len(rows) == 1:
+        cursor.execute(sql, rows[0])
+    else:
+        cursor.executemany(sql, rows)
+
+
+def summed(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, int]]:
+    """Decrements of one key add up."""
+    totals: dict[Any, int] = {}
+    for key, by in rows:
+        totals[key] = totals.get(key, 0) + by
+    return list(totals.items())
