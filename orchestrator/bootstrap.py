@@ -21,6 +21,7 @@ from uuid import UUID
 from orchestrator.agent.port import AgentPort, parse_statuses, view_of
 from orchestrator.config import EngineSettings
 from orchestrator.engine.lease import EngineLease
+from orchestrator.engine.observer import NO_OBSERVER, EngineObserver
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.errors import AgentUnavailableError, OrchestratorError
 from orchestrator.inspection import NOT_CONSULTED, AgentReading, InspectionReport, ReadOnlyStore, inspect_store
@@ -92,6 +93,7 @@ def build_engine(
     update_projections: bool = True,
     clock: Callable[[], float] = time.time,
     engine_id: str | None = None,
+    observer: EngineObserver = NO_OBSERVER,
 ) -> TaskManager:
     """An engine over the orchestrator's store and this agent (it keeps the read models current unless told not to)."""
     return TaskManager(
@@ -101,6 +103,7 @@ def build_engine(
         clock=clock,
         catch_up=orch.read_models.catch_up if update_projections else None,
         engine_id=engine_id,
+        observer=observer,
     )
 
 
@@ -155,7 +158,13 @@ class EngineOptions:
     timeout: float | None = None
 
 
-def run_engine(orch: Orchestrator, settings: EngineSettings, options: EngineOptions, stop: threading.Event) -> None:
+def run_engine(
+    orch: Orchestrator,
+    settings: EngineSettings,
+    options: EngineOptions,
+    stop: threading.Event,
+    observer: EngineObserver = NO_OBSERVER,
+) -> None:
     """Take the engine lease (standing by while another engine holds it), recover, and run until stopped.
 
     Raises EngineTimeoutError, or AgentUnavailableError when the agent was the reason, if the
@@ -179,7 +188,7 @@ def run_engine(orch: Orchestrator, settings: EngineSettings, options: EngineOpti
     )
     agent = orch.open_agent()
     try:
-        engine = build_engine(orch, agent, settings, update_projections=options.update_projections)
+        engine = build_engine(orch, agent, settings, update_projections=options.update_projections, observer=observer)
         started = time.monotonic()
         report = engine.recover(stop.is_set)
         if report.gave_up:

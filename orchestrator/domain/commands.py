@@ -20,6 +20,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from orchestrator.domain.model import (
+    DEFAULT_POOL,
     CommandStatus,
     EndAction,
     EndKind,
@@ -37,6 +38,8 @@ from orchestrator.domain.payloads import (
     TaskEndRecord,
 )
 from orchestrator.errors import CommandRefusedError
+
+TERMINATED = "terminated"  # a task's stop reason when an operator terminated its command
 
 
 @dataclass
@@ -103,6 +106,16 @@ class RootCommand(Aggregate):
         summary: str
         entities: list[EntityRecord]
         children: list[ChildRecord]
+        pool_id: str  # the storage pool whose agent runs its tasks
+        retry_of: str | None  # the command this one retries
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 knew one agent, the default pool's, and no retries."""
+            state["pool_id"] = DEFAULT_POOL
+            state["retry_of"] = None
 
         def mutate(self, aggregate: Any) -> Any:
             """Build the command directly: recovery replays thousands, and the library's
@@ -110,7 +123,9 @@ class RootCommand(Aggregate):
             assert aggregate is None
             command = RootCommand.__new__(RootCommand)
             command.__base_init__(self.originator_id, self.originator_version, self.timestamp)
-            command.__init__(self.flow, self.params, self.summary, self.entities, self.children)  # type: ignore[misc]
+            command.__init__(  # type: ignore[misc]
+                self.flow, self.params, self.summary, self.entities, self.children, self.pool_id, self.retry_of
+            )
             return command
 
     class SubmissionStarted(Aggregate.Event):
@@ -202,6 +217,40 @@ class RootCommand(Aggregate):
             for task_id, reason in self.stops:
                 aggregate.tasks[task_id].stop_reason = reason
 
+    class Terminated(Aggregate.Event):
+        """An operator ended the command at once (its agent is gone for good): it fails, flagged.
+
+        Every task not yet ended is marked terminated; those the agent may still run are
+        stopped and cleared by whichever engine holds the command, if the agent comes back.
+        """
+
+        reason: str
+        terminated: list[str]
+
+        def apply(self, aggregate: RootCommand) -> None:
+            message = f"terminated by the operator: {self.reason}"
+            for task_id in self.terminated:
+                task = aggregate.tasks[task_id]
+                on_agent = task.agent_task_id is not None
+                aggregate._end_task(task_id, TaskStatus.FAILED, EndKind.TERMINATED, message, {}, self.timestamp)
+                if on_agent:
+                    task.stop_reason = TERMINATED
+                else:
+                    task.cleared = True  # never reached the agent
+            aggregate.terminate_reason = self.reason
+            aggregate.status = CommandStatus.FAILED
+            aggregate.flagged = True
+            aggregate.outcome_reason = message
+            aggregate.ended_at = self.timestamp
+
+    class RetriedAs(Aggregate.Event):
+        """A new command was accepted to do this one's work again."""
+
+        command_id: str
+
+        def apply(self, aggregate: RootCommand) -> None:
+            aggregate.retries.append(self.command_id)
+
     class Recovered(Aggregate.Event):
         """What recovery decided for this command after an engine start."""
 
@@ -275,8 +324,14 @@ class RootCommand(Aggregate):
         summary: str,
         entities: list[EntityRecord],
         children: list[ChildRecord],
+        pool_id: str = DEFAULT_POOL,
+        retry_of: str | None = None,
     ) -> None:
         self.flow = flow
+        self.pool_id = pool_id
+        self.retry_of = retry_of
+        self.retries: list[str] = []
+        self.terminate_reason: str | None = None
         self.params = params
         self.summary = summary
         self.entities = [EntityUse.from_record(e) for e in entities]
@@ -313,6 +368,9 @@ class RootCommand(Aggregate):
         summary: str,
         entities: list[EntityUse],
         children: list[ChildRecord],
+        *,
+        pool_id: str = DEFAULT_POOL,
+        retry_of: UUID | None = None,
     ) -> RootCommand:
         return cls._create(
             cls.Accepted,
@@ -322,6 +380,8 @@ class RootCommand(Aggregate):
             summary=summary,
             entities=[e.to_record() for e in entities],
             children=children,
+            pool_id=pool_id,
+            retry_of=str(retry_of) if retry_of else None,
         )
 
     # ---- queries -------------------------------------------------------------------------
@@ -355,7 +415,9 @@ class RootCommand(Aggregate):
 
     @property
     def tasks_to_stop(self) -> list[TaskState]:
-        """Running tasks whose stop is decided: orphans, zombies, and every task of a cancelled command."""
+        """Tasks whose stop is decided: orphans, zombies, a cancelled command's, a terminated one's."""
+        if self.terminate_reason is not None:
+            return [t for t in self.tasks.values() if t.stop_reason == TERMINATED and t.on_agent]
         if self.ended:
             return []
         return [t for t in self.running_tasks if t.orphan or t.stop_reason or self.cancel_reason is not None]
@@ -427,6 +489,18 @@ class RootCommand(Aggregate):
     def decide_stops(self, stops: list[tuple[str, str]]) -> None:
         if stops:
             self.trigger_event(self.StopsDecided, stops=[list(s) for s in stops])
+
+    def terminate(self, reason: str) -> None:
+        """End the command at once, failed and flagged (refused once it has ended)."""
+        if self.ended:
+            raise CommandRefusedError(
+                f"command {self.id} has already ended ({self.status.value}); nothing to terminate"
+            )
+        unfinished = [t.task_id for t in self.tasks.values() if not t.ended]
+        self.trigger_event(self.Terminated, reason=reason, terminated=unfinished)
+
+    def record_retry(self, command_id: UUID) -> None:
+        self.trigger_event(self.RetriedAs, command_id=str(command_id))
 
     def record_recovery(self, verdict: str, reason: str) -> None:
         self.trigger_event(self.Recovered, verdict=verdict, reason=reason)

@@ -10,6 +10,8 @@ from uuid import UUID, uuid5
 
 from orchestrator.errors import InputError
 
+DEFAULT_POOL = "default"  # the storage pool of a store that configures none (its agent: the simulated one)
+
 # Namespace for every id the engine derives (entity aggregate ids, task ids).
 ID_NAMESPACE = UUID("6c0f5c1e-3a59-4b7e-9d59-3c1b8e0e7a11")
 ENTITY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -114,6 +116,7 @@ class EndKind(StrEnum):
     VANISHED = "vanished"  # the agent no longer knows it
     ZOMBIE = "zombie"  # ran longer than the zombie age; stopped
     STOPPED = "stopped"  # stopped by the engine (orphan, cancellation)
+    TERMINATED = "terminated"  # its command was terminated by an operator (its agent gone for good)
 
 
 class CommandStatus(StrEnum):

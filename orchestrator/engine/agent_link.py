@@ -9,10 +9,13 @@ agent is back.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from orchestrator.agent.port import AgentPort
+from orchestrator.domain.model import DEFAULT_POOL
+from orchestrator.engine.observer import NO_OBSERVER, EngineObserver
 from orchestrator.errors import AgentError
 
 log = logging.getLogger("orchestrator.engine")
@@ -22,9 +25,18 @@ FIRST_BACKOFF = 0.5
 
 class AgentLink:
     def __init__(
-        self, agent: AgentPort, *, poll_interval: float, backoff_max: float, clock: Callable[[], float]
+        self,
+        agent: AgentPort,
+        *,
+        poll_interval: float,
+        backoff_max: float,
+        clock: Callable[[], float],
+        pool: str = DEFAULT_POOL,
+        observer: EngineObserver = NO_OBSERVER,
     ) -> None:
         self.agent = agent
+        self.pool = pool
+        self.observer = observer
         self.poll_interval = poll_interval
         self.backoff_max = backoff_max
         self.clock = clock
@@ -44,11 +56,15 @@ class AgentLink:
     def call(self, method: Callable[..., T], *args: object) -> T:
         """Make one call to the agent; an AgentError is recorded (backoff) and raised again."""
         self.calls += 1
+        started = time.monotonic()
+        name = getattr(method, "__name__", "call")
         try:
             result = method(*args)
         except AgentError as exc:
+            self.observer.agent_called(self.pool, name, time.monotonic() - started, type(exc).__name__)
             self._failed(exc)
             raise
+        self.observer.agent_called(self.pool, name, time.monotonic() - started, None)
         if self.trouble:
             log.warning("agent is back after: %s", self.trouble)
         self._backoff = 0.0

@@ -29,8 +29,18 @@ class Clearer:
 
     def run(self, report: CycleReport, statuses: Sequence[AgentTaskStatus] | None) -> None:
         ended = [c for c in self.held.values() if c.ended]
-        uncleared = {c.id: [t.task_id for t in c.uncleared_tasks] for c in ended if c.uncleared_tasks}
-        agent_ids = [t.agent_task_id for c in ended for t in c.uncleared_tasks if t.agent_task_id]
+        running = self._still_running(ended, statuses)
+        uncleared = {
+            c.id: [t.task_id for t in c.uncleared_tasks if t.agent_task_id not in running]
+            for c in ended
+            if c.uncleared_tasks
+        }
+        agent_ids = [
+            t.agent_task_id
+            for c in ended
+            for t in c.uncleared_tasks
+            if t.agent_task_id and t.agent_task_id not in running
+        ]
         leftovers = self.stopper.ended_leftovers(statuses)
         if (agent_ids or leftovers) and self.link.ready():
             try:
@@ -45,6 +55,17 @@ class Clearer:
             command = self.held.get(ident)
             if command is not None and not command.in_flight:
                 del self.held[ident]
+
+    @staticmethod
+    def _still_running(ended: list[RootCommand], statuses: Sequence[AgentTaskStatus] | None) -> set[str | None]:
+        """Tasks of ended commands the agent may still run (a terminated command's): cleared once they stop."""
+        stopping = {t.agent_task_id for c in ended for t in c.tasks_to_stop}
+        if not stopping:
+            return set()
+        if statuses is None:
+            return set(stopping)  # not asked this cycle: wait for an answer
+        live = {s.agent_task_id for s in statuses if not s.ended}
+        return {a for a in stopping if a in live}
 
 
 def _record_cleared(task_ids: list[str]) -> Change:

@@ -16,7 +16,8 @@ from orchestrator.domain.commands import RootCommand
 from orchestrator.engine.writer import CommandWriter
 from orchestrator.store.event_store import EventStore
 
-TOPICS = [get_topic(RootCommand.Accepted), get_topic(RootCommand.CancelRequested)]
+# What other processes write to a command: its acceptance, a cancel, an operator's termination.
+TOPICS = [get_topic(RootCommand.Accepted), get_topic(RootCommand.CancelRequested), get_topic(RootCommand.Terminated)]
 
 
 class Discovery:

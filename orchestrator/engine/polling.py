@@ -75,7 +75,7 @@ class Poller:
         self._phantoms_reported = False
 
     def needed(self, leftovers: bool) -> bool:
-        return leftovers or any(c.running_tasks or _unsettled(c) for c in self.held.values())
+        return leftovers or any(c.running_tasks or c.tasks_to_stop or _unsettled(c) for c in self.held.values())
 
     def run(self, report: CycleReport, *, leftovers: bool = False) -> list[AgentTaskStatus] | None:
         """Ask the agent for every task it holds and record what changed; the statuses, or None."""

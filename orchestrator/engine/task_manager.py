@@ -38,6 +38,7 @@ from orchestrator.engine.agent_link import AgentLink
 from orchestrator.engine.clearing import Clearer
 from orchestrator.engine.discovery import Discovery
 from orchestrator.engine.ending import EndActions
+from orchestrator.engine.observer import NO_OBSERVER, EngineObserver
 from orchestrator.engine.polling import Poller
 from orchestrator.engine.recovery import Recovery
 from orchestrator.engine.report import CycleReport, RecoveryReport
@@ -62,6 +63,7 @@ class TaskManager:
         catch_up: Callable[[], object] | None = None,
         engine_id: str | None = None,
         epoch: int = 0,
+        observer: EngineObserver = NO_OBSERVER,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -69,9 +71,14 @@ class TaskManager:
         self.epoch = epoch
         self.phase = "cycle"
         self.catch_up = catch_up
+        self.observer = observer
         self.held: dict[UUID, RootCommand] = {}
         self.link = AgentLink(
-            agent, poll_interval=settings.poll_interval, backoff_max=settings.agent_backoff_max, clock=clock
+            agent,
+            poll_interval=settings.poll_interval,
+            backoff_max=settings.agent_backoff_max,
+            clock=clock,
+            observer=observer,
         )
         self.writer = CommandWriter(store, self.held, self.stamp)
         self.discovery = Discovery(store, self.held, self.writer)
@@ -113,11 +120,14 @@ class TaskManager:
             self.catch_up()
         self.phase = "recovery"
         try:
-            return self.recovery.run(stop)
+            report = self.recovery.run(stop)
         finally:
             self.phase = "cycle"
+        self.observer.recovered(report)
+        return report
 
     def cycle(self) -> CycleReport:
+        started = time.monotonic()
         calls0, tx0, ev0 = self.link.calls, self.writer.transactions, self.writer.events
         report = CycleReport()
         self.discovery.run()
@@ -133,6 +143,7 @@ class TaskManager:
         report.agent_trouble = self.link.trouble
         if self.catch_up is not None and report.store_transactions:
             self.catch_up()
+        self.observer.cycle_done(report, time.monotonic() - started)
         return report
 
     # ---- running ---------------------------------------------------------------------------
