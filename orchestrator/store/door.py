@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import StoreError, StoreUnavailableError
 from orchestrator.store.url import StoreConfig
 
 if TYPE_CHECKING:
     import psycopg
 
 SCHEMA_VERSION = 1
-# Bump when a table is added: the next open creates what is missing (4: orchestrator_in_flight).
-LAYOUT_VERSION = "4"
+# Bump when a table is added: the next open creates what is missing (4: orchestrator_in_flight;
+# 5: orchestrator_leases and orchestrator_engines).
+LAYOUT_VERSION = "5"
 META_TABLE = "orchestrator_meta"
 # Tables of ours that may already exist in a store (so not "foreign").
 OWN_TABLE_PREFIXES = ("orchestrator_", "stored_", "tracking", "proj_", "notification_tracking")
@@ -146,7 +147,9 @@ def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[Any, ..
         conn = psycopg.connect(**config.pg_conninfo(), autocommit=True)  # type: ignore[arg-type]
     except psycopg.Error as exc:
         reason = config.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise StoreError(
+        # A server that is not there (yet) may come back; a refused login or a bad database will not.
+        unreachable = "Connection refused" in reason or "timeout expired" in reason or "No such file" in reason
+        raise (StoreUnavailableError if unreachable else StoreError)(
             f"cannot connect to {config.redacted}: {reason}; check --store / ORCHESTRATOR_STORE "
             "and that PostgreSQL is running"
         ) from None

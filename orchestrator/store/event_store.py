@@ -14,14 +14,23 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
-from eventsourcing.persistence import Mapper, MapperDeserialisationError, Notification, PersistenceError, StoredEvent
+from eventsourcing.persistence import (
+    InterfaceError,
+    Mapper,
+    MapperDeserialisationError,
+    Notification,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+)
 from eventsourcing.system import NotificationLogReader
 from eventsourcing.utils import TopicError
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import ENTITY_CLASSES
-from orchestrator.errors import StoreError, damaged_event
-from orchestrator.store.tables import Tables
+from orchestrator.errors import StoreError, StoreUnavailableError, damaged_event
+from orchestrator.store.leases import LeaseTable, WriteFence
+from orchestrator.store.tables import Cursor, Tables
 from orchestrator.store.url import StoreConfig
 
 CACHE_SIZE = 20_000
@@ -29,6 +38,9 @@ LOG_PAGE = 1000
 LOAD_CHUNK = 500  # aggregates per bulk query
 IN_FLIGHT_TABLE = "orchestrator_in_flight"  # root commands in flight, kept with the events that change it
 WRITER_ATTRIBUTE = "written_by"  # who wrote an event: stored with it, read back with it
+# What a store that cannot be reached raises (a database restarting, a dropped connection, a
+# file locked for too long): the engine waits and tries again rather than stop.
+STORE_OUTAGES: tuple[type[BaseException], ...] = (StoreUnavailableError, OperationalError, InterfaceError)
 
 
 class Dialect(Protocol):
@@ -52,6 +64,20 @@ class Dialect(Protocol):
     def tables(self, *, read_only: bool = False) -> Tables: ...
 
     def lock(self, purpose: str) -> StoreLock: ...
+
+    def leases(self) -> LeaseTable: ...
+
+    # An operator's prune (orchestrator/retention.py), in a write transaction of the store's tables
+    # (`Tables.write()`), so the events and the read-model rows of the commands go together.
+
+    def lock_versions(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The last version of each of these aggregates that has events; no event is added until the
+        transaction ends."""
+        ...
+
+    def delete_aggregates(self, cursor: Cursor, ids: Sequence[UUID]) -> int:
+        """Delete every event and snapshot of these aggregates; the number of events deleted."""
+        ...
 
 
 class StoreLock(Protocol):
@@ -137,13 +163,14 @@ class EventStore:
 
     # ---- writing ------------------------------------------------------------------------------
 
-    def save(self, *aggregates: Any, stamp: Mapping[str, Any] | None = None) -> int:
+    def save(self, *aggregates: Any, stamp: Mapping[str, Any] | None = None, fence: WriteFence | None = None) -> int:
         """Record every pending event of these aggregates in one transaction, then snapshots.
 
         The same as `Application.save` minus its per-object runtime protocol checks (they
         cost more than the insert when a cycle saves thousands of aggregates), plus: each
         event is stamped with its writer, and the in-flight index changes with the events.
-        Returns the number of events recorded.
+        With a fence, the transaction records nothing unless that lease is still current
+        (LeaseLostError). Returns the number of events recorded.
         """
         events: list[Any] = []
         snapshots: list[tuple[UUID, int]] = []
@@ -166,7 +193,7 @@ class EventStore:
             for event in events:
                 object.__setattr__(event, WRITER_ATTRIBUTE, written_by)
         if events:
-            self.app.events.put(events, in_flight_added=added, in_flight_removed=removed)
+            self.app.events.put(events, in_flight_added=added, in_flight_removed=removed, fence=fence)
         for ident, version in snapshots:
             self.app.take_snapshot(ident, version=version)
         return len(events)
@@ -192,9 +219,11 @@ class EventStore:
             return None
 
     def fresh(self, ident: UUID) -> Any | None:
-        """The aggregate as recorded now (its cached copy, which may hold unsaved changes, dropped)."""
+        """The aggregate as recorded now, replayed apart from the cache (which may hold unsaved
+        changes, and which readers in other threads fast-forward)."""
         self.forget([ident])
-        return self.get(ident)
+        commands = self.load_commands([ident])
+        return commands[0] if commands else self.get(ident)
 
     def events_of(self, ident: UUID) -> list[Any]:
         return list(self.app.events.get(ident))

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -28,13 +29,22 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import StoreError, StoreUnavailableError
 from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.leases import (
+    ENGINES_TABLE,
+    LEASES_TABLE,
+    LeaseTable,
+    WriteFence,
+    lease_lost,
+    lease_table_statements,
+)
 from orchestrator.store.tables import Cursor, Operation, summed
 from orchestrator.store.url import StoreConfig
 
 EVENTS_TABLE = "orchestrator_events"
 SNAPSHOTS_TABLE = "orchestrator_snapshots"
+RETENTION_LOCK_TIMEOUT_S = 30  # a prune batch waits this long for the events table, then fails (nothing deleted)
 
 
 class InFlightRecorder(PostgresApplicationRecorder):
@@ -46,9 +56,22 @@ class InFlightRecorder(PostgresApplicationRecorder):
         self.sql_create_statements.append(
             SQL("CREATE TABLE IF NOT EXISTS {} (command_id TEXT PRIMARY KEY)").format(self.in_flight)
         )
+        leases, engines = qualified(datastore.schema, LEASES_TABLE), qualified(datastore.schema, ENGINES_TABLE)
+        for statement in lease_table_statements(leases, engines, "DOUBLE PRECISION"):
+            self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
+        self.fence_check = SQL(
+            "SELECT 1 FROM {} WHERE pool_id = %s AND engine_id = %s AND epoch = %s FOR SHARE"  # type: ignore[arg-type]
+        ).format(SQL(leases))  # type: ignore[arg-type]
 
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
+        fence: WriteFence | None = kwargs.get("fence")
+        if fence is not None:
+            # FOR SHARE: a takeover (an UPDATE of this row) waits for this transaction, and this
+            # transaction, if the takeover came first, sees the new epoch and records nothing.
+            curs.execute(self.fence_check, (fence.pool, fence.engine_id, fence.epoch))
+            if curs.fetchone() is None:
+                raise lease_lost(fence)
         added: Sequence[UUID] = kwargs.get("in_flight_added", ())
         removed: Sequence[UUID] = kwargs.get("in_flight_removed", ())
         if added:
@@ -63,6 +86,7 @@ class InFlightRecorder(PostgresApplicationRecorder):
 
 
 LIBPQ_EXTRAS = "ORCHESTRATOR_LIBPQ_EXTRAS"
+NO_JIT = "-c jit=off"
 
 
 class Factory(PostgresFactory):
@@ -81,6 +105,9 @@ class Factory(PostgresFactory):
         kwargs = self.datastore.pool.kwargs
         if isinstance(kwargs, dict):
             kwargs.update(extras)
+            # No JIT on these connections: every query of the event store is a short lookup, and
+            # without statistics (a fresh table) the planner's estimates would have it compile.
+            kwargs["options"] = " ".join(x for x in (str(kwargs.get("options") or ""), NO_JIT) if x)
 
 
 FACTORY_TOPIC = get_topic(Factory)
@@ -105,8 +132,8 @@ class PostgresDialect:
         return f'"{self.config.schema_name}"."{name}"'
 
     def select_stored(self, recorder: Any, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
-        with recorder.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cursor:
-            cursor.execute("SET LOCAL jit = off")
+        """One statement, one round trip (its connection runs without JIT, see Factory)."""
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
             cursor.execute(sql, params)
             return _stored(cursor.fetchall())
 
@@ -138,12 +165,39 @@ class PostgresDialect:
                 ([str(i) for i in ids],),
             )
 
+    # ---- retention: an operator's prune (orchestrator/retention.py) -------------------------------
+
+    def lock_versions(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The last version of each of these aggregates that has events; no event can be added until
+        the transaction ends (the lock the library's inserts take, EXCLUSIVE: readers go on)."""
+        events = self._table(self.events_table)
+        cursor.execute(f"SET LOCAL lock_timeout = '{RETENTION_LOCK_TIMEOUT_S}s'")
+        cursor.execute(f"LOCK TABLE {events} IN EXCLUSIVE MODE")
+        cursor.execute(
+            f"SELECT originator_id, MAX(originator_version) FROM {events}"
+            " WHERE originator_id = ANY(?::uuid[]) GROUP BY originator_id",
+            (list(ids),),
+        )
+        return {UUID(str(r[0])): int(r[1]) for r in cursor.fetchall()}
+
+    def delete_aggregates(self, cursor: Cursor, ids: Sequence[UUID]) -> int:
+        """Delete every event and snapshot of these aggregates in the cursor's transaction; the number
+        of events deleted (notification ids come from a sequence: never reused)."""
+        wanted = (list(ids),)
+        sql = "DELETE FROM {} WHERE originator_id = ANY(?::uuid[])"
+        deleted = int(cursor.execute(sql.format(self._table(self.events_table)), wanted).rowcount)
+        cursor.execute(sql.format(self._table(self.snapshots_table)), wanted)
+        return deleted
+
     def tables(self, *, read_only: bool = False) -> PostgresTables:
         return PostgresTables(self.config, read_only=read_only)
 
     def lock(self, purpose: str) -> AdvisoryLock:
         """A store-wide lock held until released or until this process dies (the engine lease)."""
         return AdvisoryLock(self.config, purpose)
+
+    def leases(self) -> LeaseTable:
+        return LeaseTable(PostgresLeaseConnection(self.config))
 
     def has_table(self, recorder: Any, table: str) -> bool:
         with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
@@ -152,6 +206,102 @@ class PostgresDialect:
                 (self.config.schema_name, table),
             )
             return cursor.fetchone() is not None
+
+
+def qualified(schema: str, table: str) -> str:
+    """`"schema".table`, quoted as PostgreSQL wants an identifier."""
+    return '"' + schema.replace('"', '""') + '".' + table
+
+
+# The lease connection's own limits: a lease operation that waits this long has failed.
+LEASE_STATEMENT_TIMEOUT_MS = 10_000
+
+
+class PostgresLeaseConnection:
+    """The lease tables over a connection of their own, with TCP keepalives, reconnected when it breaks."""
+
+    now_sql = "extract(epoch from clock_timestamp())::float8"
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.leases = qualified(config.schema_name, LEASES_TABLE)
+        self.engines = qualified(config.schema_name, ENGINES_TABLE)
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._alive: str | None = None
+        self.generation = 0
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        limits = f"-c statement_timeout={LEASE_STATEMENT_TIMEOUT_MS} -c lock_timeout={LEASE_STATEMENT_TIMEOUT_MS}"
+        options = " ".join(x for x in (self.config.conninfo.get("options", ""), limits) if x)
+        info = self.config.pg_conninfo(
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=LEASE_STATEMENT_TIMEOUT_MS,
+            options=options,
+            application_name="orchestrator-lease",
+        )
+        try:
+            return psycopg.connect(**info, autocommit=True)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"cannot connect to {self.config.redacted}: {self._reason(exc)}") from None
+
+    def _reason(self, exc: BaseException) -> str:
+        text = str(exc).strip()
+        return self.config.scrub(text.splitlines()[0] if text else type(exc).__name__)
+
+    def _alive_key(self, engine_id: str) -> int:
+        return advisory_key(self.config, f"engine-alive:{engine_id}")
+
+    def claim_liveness(self, engine_id: str) -> None:
+        """A session advisory lock on the lease connection: it goes when the process (or the
+        connection) dies, and comes again with the next connection."""
+        self._alive = engine_id
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+            self._conn = None  # the next transaction connects and takes it
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
+        with self._lock:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = self._connect()
+                self.generation += 1
+                if self._alive is not None:
+                    self._conn.execute("SELECT pg_advisory_lock(%s)", (self._alive_key(self._alive),))
+            conn = self._conn
+            try:
+                with conn.transaction():
+                    yield _QmarkCursor(conn.cursor())
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+                self._conn = None
+                raise StoreUnavailableError(
+                    f"lost the connection to {self.config.redacted}: {self._reason(exc)}"
+                ) from None
+
+    def dead_among(self, engine_ids: Iterable[str], me: str) -> set[str]:
+        """Engines whose liveness lock is free: their process, or its lease connection, is gone."""
+        dead = set()
+        with self.transaction() as cur:
+            for engine_id in sorted(set(engine_ids) - {me}):
+                key = self._alive_key(engine_id)
+                cur.execute("SELECT pg_try_advisory_xact_lock(?)", (key,))
+                if cur.fetchone()[0]:
+                    dead.add(engine_id)
+        return dead
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+                self._conn = None
 
 
 def advisory_key(config: StoreConfig, purpose: str) -> int:
@@ -179,7 +329,7 @@ class AdvisoryLock:
             conn = psycopg.connect(**info, autocommit=True)  # type: ignore[arg-type]
         except psycopg.Error as exc:
             reason = self.config.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-            raise StoreError(f"cannot connect to {self.config.redacted}: {reason}") from None
+            raise StoreUnavailableError(f"cannot connect to {self.config.redacted}: {reason}") from None
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         if not row or not row[0]:
             conn.close()
@@ -253,15 +403,29 @@ class PostgresTables:
             open=False,
             timeout=10,
         )
+        self._open_lock = threading.Lock()
+        self._opened = False
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         try:
-            self._pool.open(wait=True, timeout=10)
+            self._open_once()
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as exc:
-            raise StoreError(f"lost the connection to {self.config.redacted}: {self.config.scrub(str(exc))}") from None
+            raise StoreUnavailableError(
+                f"lost the connection to {self.config.redacted}: {self.config.scrub(str(exc))}"
+            ) from None
+
+    def _open_once(self) -> None:
+        """Open the pool on first use, once: threads serving requests at the same moment must not
+        each wait for it (the pool's wait is not meant to be called from two threads)."""
+        if self._opened:
+            return
+        with self._open_lock:
+            if not self._opened:
+                self._pool.open(wait=True, timeout=10)
+                self._opened = True
 
     def close(self) -> None:
         self._pool.close()

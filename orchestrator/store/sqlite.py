@@ -13,7 +13,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -25,6 +25,14 @@ from eventsourcing.utils import get_topic
 from orchestrator.errors import StoreError
 from orchestrator.store.door import create_private_file, sqlite_uri
 from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.leases import (
+    ENGINES_TABLE,
+    LEASES_TABLE,
+    LeaseTable,
+    WriteFence,
+    lease_lost,
+    lease_table_statements,
+)
 from orchestrator.store.tables import Cursor, Operation, execute_rows, summed
 from orchestrator.store.url import StoreConfig
 
@@ -42,6 +50,7 @@ class InFlightRecorder(SQLiteApplicationRecorder):
         return [
             *super().construct_create_table_statements(),
             f"CREATE TABLE IF NOT EXISTS {IN_FLIGHT_TABLE} (command_id TEXT PRIMARY KEY)",
+            *lease_table_statements(LEASES_TABLE, ENGINES_TABLE, "REAL"),
         ]
 
     def _insert_events(
@@ -54,6 +63,15 @@ class InFlightRecorder(SQLiteApplicationRecorder):
             c.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
         for ident in removed:
             c.execute(f"DELETE FROM {IN_FLIGHT_TABLE} WHERE command_id = ?", (ident.hex,))
+        fence: WriteFence | None = kwargs.get("fence")
+        if fence is not None:
+            # After the inserts, which hold the file's write lock: no lease changes until this commits.
+            c.execute(
+                f"SELECT 1 FROM {LEASES_TABLE} WHERE pool_id = ? AND engine_id = ? AND epoch = ?",
+                (fence.pool, fence.engine_id, fence.epoch),
+            )
+            if c.fetchone() is None:
+                raise lease_lost(fence)
         return ids
 
 
@@ -112,6 +130,35 @@ class SQLiteDialect:
             for ident in ids:
                 cursor.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
 
+    # ---- retention: an operator's prune (orchestrator/retention.py) -------------------------------
+
+    def lock_versions(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The last version of each of these aggregates that has events; no event can be added until
+        the transaction ends (a write transaction of the store's tables, `BEGIN IMMEDIATE`, holds the
+        file's write lock already)."""
+        found: dict[UUID, int] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            cursor.execute(
+                f"SELECT originator_id, MAX(originator_version) FROM {EVENTS_TABLE}"
+                f" WHERE originator_id IN ({marks}) GROUP BY originator_id",
+                [i.hex for i in chunk],
+            )
+            found.update({UUID(str(r[0])): int(r[1]) for r in cursor.fetchall()})
+        return found
+
+    def delete_aggregates(self, cursor: Cursor, ids: Sequence[UUID]) -> int:
+        """Delete every event and snapshot of these aggregates in the cursor's transaction; the number
+        of events deleted. Rowids are not reused: the prune records itself first (a newer row)."""
+        deleted = 0
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            hexes = [i.hex for i in chunk]
+            done = cursor.execute(f"DELETE FROM {EVENTS_TABLE} WHERE originator_id IN ({marks})", hexes)
+            deleted += int(done.rowcount)
+            cursor.execute(f"DELETE FROM {SNAPSHOTS_TABLE} WHERE originator_id IN ({marks})", hexes)
+        return deleted
+
     def tables(self, *, read_only: bool = False) -> SQLiteTables:
         return SQLiteTables(self.config, read_only=read_only)
 
@@ -124,6 +171,71 @@ class SQLiteDialect:
         with recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
             return cursor.fetchone() is not None
+
+    def leases(self) -> LeaseTable:
+        assert self.config.path is not None
+        return LeaseTable(SQLiteLeaseConnection(self.config.path))
+
+
+class SQLiteLeaseConnection:
+    """The lease tables over a connection of their own; every transaction BEGIN IMMEDIATE."""
+
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    leases = LEASES_TABLE
+    engines = ENGINES_TABLE
+    generation = 0  # the engine lock, not a connection, says an engine lives
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self, write: bool) -> sqlite3.Connection:
+        """Read-write; a reader falls back to read-only (a backup copy of a store)."""
+        for mode in ("rw", "ro") if not write else ("rw",):
+            try:
+                return sqlite3.connect(
+                    f"{sqlite_uri(self.path)}?mode={mode}",
+                    uri=True,
+                    timeout=30,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.OperationalError:
+                if mode == "ro" or write:
+                    raise
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connect(write)
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read or write the leases of sqlite:///{self.path}: {exc}") from None
+            try:
+                yield conn.cursor()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def claim_liveness(self, engine_id: str) -> None:
+        """Nothing to hold: on SQLite an engine runs only under the engine lock (a flock) of the file."""
+
+    def dead_among(self, engine_ids: Iterable[str], me: str) -> set[str]:
+        """Every other engine: an engine acts on a SQLite store only while it holds the file's engine
+        lock, which goes with its process, so any other engine that left leases behind is gone."""
+        return set(engine_ids) - {me}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def lock_file_for(database: Path, purpose: str) -> Path:
@@ -273,3 +385,9 @@ class SQLiteTables:
     def exclusive(self, purpose: str) -> Iterator[bool]:
         with FileLock(lock_file_for(self.path, purpose)).holding() as got:
             yield got
+
+
+def _chunks(ids: Sequence[UUID], size: int = 500) -> Iterator[Sequence[UUID]]:
+    """Ids in groups small enough for one statement's parameters."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]

@@ -9,8 +9,10 @@ several hosts), parsed by libpq itself through psycopg, so a URL means what it
 means to `psql`. The URL comes from `--store` or `ORCHESTRATOR_STORE`.
 
 The password is held as a secret: `redacted` is the only form of a URL fit for
-output, and `scrub` removes the password from any text (a driver's error).
-psycopg is imported only for PostgreSQL URLs (a SQLite command starts faster).
+output, and `scrub` removes the password (and an sslpassword), plain or
+percent-encoded, from any text (a driver's error). psycopg is imported only for
+PostgreSQL URLs (a SQLite command starts faster). `sqlite_read_only_uri` is how
+to read a SQLite store without writing beside it (a read-only copy).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import SecretStr
 
 from orchestrator.errors import StoreError
 
@@ -36,16 +39,19 @@ _SECRET_PARAMS = ("password", "sslpassword")
 _DEFAULT_CONNECT_TIMEOUT = "3"
 
 
-class StoreConfig(BaseModel):
-    """A parsed store URL. `redacted` is the only form fit for output."""
+@dataclass(frozen=True)
+class StoreConfig:
+    """A parsed store URL. `redacted` is the only form fit for output.
 
-    model_config = ConfigDict(frozen=True)
+    A plain dataclass (made only by `parse_store_url`, which checks every part): building a
+    pydantic model for it cost every command a few milliseconds of start-up.
+    """
 
     kind: Literal["sqlite", "postgresql"]
     path: Path | None = None
     # libpq connection parameters, every one the URL gave but the secrets
-    conninfo: dict[str, str] = {}
-    password: SecretStr = SecretStr("")
+    conninfo: dict[str, str] = field(default_factory=dict)
+    password: SecretStr = field(default_factory=lambda: SecretStr(""))
     schema_name: str = "public"
 
     # ---- the parts other code and tests ask for ---------------------------------------------
@@ -77,7 +83,7 @@ class StoreConfig(BaseModel):
         shown = {k: v for k, v in self.conninfo.items() if k not in hidden}
         if self.schema_name != "public":
             shown[SCHEMA_PARAM] = self.schema_name
-        query = urlencode(sorted(shown.items()))
+        query = urlencode(sorted(shown.items()), quote_via=quote)
         return urlunsplit(("postgresql", netloc, "/" + quote(self.dbname, safe=""), query, ""))
 
     def _hosts_for_url(self) -> str:
@@ -91,9 +97,12 @@ class StoreConfig(BaseModel):
         return ",".join(parts)
 
     def scrub(self, text: str) -> str:
-        """Remove the password from any text (an error message from a driver)."""
-        secret = self.password.get_secret_value()
-        return text.replace(secret, "***") if secret else text
+        """Remove the secrets (password, sslpassword), plain or percent-encoded, from any text (a driver's error)."""
+        secrets = [self.password.get_secret_value(), self.conninfo.get("sslpassword", "")]
+        for secret in filter(None, secrets):
+            for form in dict.fromkeys((secret, quote(secret, safe=""), quote(secret))):
+                text = text.replace(form, "***")
+        return text
 
     # ---- connecting -------------------------------------------------------------------------
 
@@ -138,6 +147,21 @@ class StoreConfig(BaseModel):
         return {k: v for k, v in self.conninfo.items() if k not in ("host", "port", "user", "dbname")}
 
 
+def sqlite_read_only_uri(path: Path) -> str:
+    """A `file:` URI that reads a SQLite store without writing anything, even beside it.
+
+    Reading a database in WAL mode needs its `-shm` file; SQLite creates it when it is
+    missing, which fails where the directory is not writable (a backup, a read-only mount).
+    There the file is opened `immutable=1`: nobody can be writing it, since a writer would
+    need that directory for its `-wal` and `-shm` files.
+    """
+    uri = f"file:{quote(str(path))}?mode=ro"
+    shm = path.with_name(path.name + "-shm")
+    if not shm.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        uri += "&immutable=1"
+    return uri
+
+
 def store_url_from_env(explicit: str | None) -> str:
     return explicit or os.environ.get(STORE_ENV_VAR) or DEFAULT_STORE_URL
 
@@ -156,6 +180,19 @@ def parse_store_url(url: str) -> StoreConfig:
     raise StoreError(f"this store URL's {what} is not supported; {_HINT}")
 
 
+def _without_schema_param(url: str) -> str:
+    """The URL as libpq reads it: our `schema=` parameter dropped, every other byte kept.
+
+    Rebuilding it from parts would lose the `//` of a URL without a host (`postgresql:///db`)
+    and turn the encoded spaces of `options=-c%20...` into `+`, which libpq reads literally.
+    """
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    kept = [item for item in query.split("&") if unquote_plus(item.split("=", 1)[0]) != SCHEMA_PARAM]
+    return base + ("?" + "&".join(kept) if kept else "")
+
+
 def _parse_postgres(url: str) -> StoreConfig:
     try:
         parts = urlsplit(url)
@@ -165,7 +202,7 @@ def _parse_postgres(url: str) -> StoreConfig:
     schema = next((v for k, v in reversed(query) if k == SCHEMA_PARAM), "public")
     if not _SCHEMA_NAME.match(schema):
         raise StoreError(f"schema name {schema[:70]!r} is not a plain lower-case identifier")
-    libpq_url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != SCHEMA_PARAM])))
+    libpq_url = _without_schema_param(url)
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
