@@ -126,6 +126,14 @@ class HttpAgent:
     def _fenced(self, params: dict[str, Any]) -> dict[str, Any]:
         return {**params, "fence": self.fence.model_dump()} if self.fence is not None else params
 
+    def announce(self, fence: Fence) -> None:
+        """Act under this fence from now on, and tell the agent at once (an empty, fenced
+        `Tasks.clear`): from then on it refuses the calls of any engine with an older fence."""
+        self.fence = fence
+        raw = self._call("Tasks.clear", self._fenced({"agent_task_ids": []}))
+        with self.rpc.naming_agent():
+            parse_result(EmptyResult, raw, "clear_tasks")
+
     # ---- the engine's AgentPort ---------------------------------------------------------------
 
     def create_tasks(self, specs: Sequence[TaskSpec]) -> list[CreateResult]:

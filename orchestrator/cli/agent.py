@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -135,3 +136,19 @@ def _set_faults(changes: dict[str, Any], *, clear: bool) -> FaultConfig:
         return config
     finally:
         agent.close()
+
+
+@app.command("serve")
+def agent_serve(
+    state: Annotated[Path, typer.Option("--state", help="the simulated agent's state file (created if missing)")],
+    pool: Annotated[str, typer.Option("--pool", help="the storage pool it serves")] = "default",
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT (port 0: a free one, printed)")] = "127.0.0.1:0",
+    url_file: Annotated[Path | None, typer.Option("--url-file", help="also write the URL served here")] = None,
+    task_seconds: Annotated[float | None, typer.Option("--task-seconds", min=0, help="how long a task takes")] = None,
+) -> None:
+    """Serve the simulated agent over the network (JSON-RPC, docs/agent-protocol.md) until SIGTERM/SIGINT.
+
+    Its tasks go on while no engine is connected: they live in the state file."""
+    from orchestrator.testing import serve
+
+    serve(state, pool, listen=listen, url_file=url_file, task_seconds=task_seconds)

@@ -33,6 +33,7 @@ from orchestrator.store.unit_of_work import InventoryUnit
 
 log = logging.getLogger("orchestrator.engine")
 ZOMBIE = "zombie"
+PHANTOM_CHECK_SECONDS = 60.0
 
 
 def end_record(task: TaskState, seen: AgentTaskStatus | None, zombie_seconds: float) -> TaskEndRecord:
@@ -73,6 +74,7 @@ class Poller:
         self.zombie_seconds = zombie_seconds
         self.clock = clock
         self._phantoms_reported = False
+        self._phantoms_checked_at = float("-inf")
 
     def needed(self, leftovers: bool) -> bool:
         return leftovers or any(c.running_tasks or c.tasks_to_stop or _unsettled(c) for c in self.held.values())
@@ -85,29 +87,46 @@ class Poller:
             statuses = self.link.call(self.link.agent.task_statuses)
         except AgentError:
             return None
-        self._report_phantoms(statuses)
-        view = view_of(statuses)
-        by_id = {s.agent_task_id: s for s in statuses}
         now = self.clock()
+        self._report_phantoms(statuses, now)
+        by_id = {s.agent_task_id: s for s in statuses}
+        # What can end a running task this cycle: its status ended, it vanished, or it ran too long.
+        # When no status has ended and none is old enough to be a zombie, only a vanished task can.
+        ended_ids = {s.agent_task_id for s in statuses if s.ended}
+        oldest = min((s.created_at for s in statuses), default=None)
+        zombies_possible = oldest is not None and now - oldest.timestamp() > self.zombie_seconds
+        view: AgentView | None = None
         changes: dict[UUID, Change] = {}
         for command in self.held.values():
             if _unsettled(command):
+                view = view or view_of(statuses)
                 changes[command.id] = settle_planned(view)
-            elif command.running_tasks:
-                change = self._learned(command, by_id, now, report)
-                if change is not None:
-                    changes[command.id] = change
+                continue
+            running = command.running_tasks
+            if not running or (
+                not zombies_possible
+                and all(t.agent_task_id in by_id and t.agent_task_id not in ended_ids for t in running)
+            ):
+                continue
+            change = self._learned(command, running, by_id, now, report)
+            if change is not None:
+                changes[command.id] = change
         self.writer.apply(changes)
         if report.tasks_ended:
             crash_point("after_task_end_recorded")
         return statuses
 
     def _learned(
-        self, command: RootCommand, by_id: dict[str, AgentTaskStatus], now: float, report: CycleReport
+        self,
+        command: RootCommand,
+        running: Sequence[TaskState],
+        by_id: dict[str, AgentTaskStatus],
+        now: float,
+        report: CycleReport,
     ) -> Change | None:
         ended: dict[str, AgentTaskStatus | None] = {}
         zombies: list[str] = []
-        for task in command.running_tasks:
+        for task in running:
             assert task.agent_task_id is not None
             seen = by_id.get(task.agent_task_id)
             if seen is None or seen.ended:
@@ -120,9 +139,11 @@ class Poller:
         report.tasks_ended += len(ended)
         return _record_ends(ended, zombies, self.zombie_seconds)
 
-    def _report_phantoms(self, statuses: Sequence[AgentTaskStatus]) -> None:
-        if self._phantoms_reported:
+    def _report_phantoms(self, statuses: Sequence[AgentTaskStatus], now: float) -> None:
+        """Say once that the agent holds tasks this engine never gave it (looked for once a minute)."""
+        if self._phantoms_reported or now - self._phantoms_checked_at < PHANTOM_CHECK_SECONDS:
             return
+        self._phantoms_checked_at = now
         known = {t.agent_task_id for c in self.held.values() for t in c.tasks.values() if t.agent_task_id}
         phantoms = [s for s in statuses if s.agent_task_id not in known and parse_agent_task_key(s.key) is None]
         if phantoms:

@@ -2,14 +2,15 @@
 
 The commands in flight come from `orchestrator_in_flight`, which the store keeps
 in the same transaction as the events (no read model is trusted for it), and are
-replayed in bulk, so recovery costs what is in flight, not what the history
-holds. The agent is asked for all its tasks, and waited for, with backoff, for
-as long as it is unreachable: silence never decides anything. Then `decide()`
-(orchestrator/domain/recovery.py, shared with the inspection) gives each
-command its verdict, recorded as a `Recovered` event together with what it
-implies (orphans adopted, vanished tasks ended, failure decided). What recovery
-decided to stop is stopped by the stopper, now and, if this process dies first,
-by the next start.
+replayed in bulk (`load_in_flight`), so recovery costs what is in flight, not
+what the history holds. Then each storage pool recovers on its own
+(`PoolRecovery`): its agent is asked for all its tasks — a pool whose agent does
+not answer waits, with backoff, and decides nothing, while the other pools go
+on — and `decide()` (orchestrator/domain/recovery.py, shared with the
+inspection) gives each of its commands a verdict, recorded as a `Recovered`
+event together with what it implies (orphans adopted, vanished tasks ended,
+failure decided). What recovery decided to stop is stopped by the stopper, now
+and, if this process dies first, by the next start.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from uuid import UUID
 
 from orchestrator.agent.port import AgentTaskStatus, view_of
@@ -26,7 +28,6 @@ from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EndKind, FailureCause, TaskStatus, parse_agent_task_key
 from orchestrator.domain.recovery import AgentView, Decision, Verdict, decide
 from orchestrator.engine.agent_link import AgentLink
-from orchestrator.engine.discovery import Discovery
 from orchestrator.engine.report import RecoveryReport
 from orchestrator.engine.stopping import Stopper
 from orchestrator.engine.writer import Change, CommandWriter
@@ -37,49 +38,66 @@ from orchestrator.store.unit_of_work import InventoryUnit
 log = logging.getLogger("orchestrator.engine")
 
 
-class Recovery:
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Recovery builds many small objects that all live on; the cyclic garbage collector would
+    scan them over and over while they are made (a third of the time at 10,000 commands)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def load_in_flight(store: EventStore) -> tuple[int, list[RootCommand]]:
+    """The log's head, read first (whatever is accepted after it, discovery finds), and every command in flight."""
+    head = store.head()
+    with collector_paused():
+        return head, store.load_commands(store.in_flight_ids())
+
+
+class PoolRecovery:
+    """One pool's recovery: done once its agent has answered and every verdict is recorded."""
+
     def __init__(
         self,
+        pool: str,
         store: EventStore,
         held: dict[UUID, RootCommand],
         link: AgentLink,
         writer: CommandWriter,
-        discovery: Discovery,
         stopper: Stopper,
-        *,
-        clock: Callable[[], float],
     ) -> None:
+        self.pool = pool
         self.store = store
         self.held = held
         self.link = link
         self.writer = writer
-        self.discovery = discovery
         self.stopper = stopper
-        self.clock = clock
+        self.done = False
+        self.waits = 0
 
-    def run(self, stop: Callable[[], bool]) -> RecoveryReport:
-        # Recovery builds many small objects that all live on; the cyclic garbage collector
-        # would scan them over and over while they are made (a third of the time at 10,000).
-        collecting = gc.isenabled()
-        gc.disable()
+    def attempt(self) -> RecoveryReport | None:
+        """Ask the agent once (unless backing off); the report once recovered, None while it waits."""
+        if not self.link.ready():
+            return None
         try:
-            return self._run(stop)
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _run(self, stop: Callable[[], bool]) -> RecoveryReport:
+            statuses = self.link.call(self.link.agent.task_statuses)
+        except AgentError:
+            self.waits += 1
+            return None
         started = time.monotonic()
+        with collector_paused():
+            report = self._decide(statuses)
+        report.seconds = time.monotonic() - started
+        report.agent_waits = self.waits
+        self.done = True
+        return report
+
+    def _decide(self, statuses: list[AgentTaskStatus]) -> RecoveryReport:
         report = RecoveryReport()
-        head = self.store.head()  # first: whatever is accepted after it is found by discovery
-        self.held.clear()
-        self.held.update((c.id, c) for c in self.store.load_commands(self.store.in_flight_ids()))
-        self.discovery.position = head
-        self.discovery.run()
-        statuses = self._statuses_waiting(stop, report)
-        if statuses is None:
-            report.gave_up = True
-            return report
         view = view_of(statuses)
         decisions: dict[UUID, Decision] = {}
         self.writer.apply({ident: _recover(view, decisions) for ident in list(self.held)})
@@ -91,27 +109,12 @@ class Recovery:
         crash_point("in_recovery")
         report.swept = self._sweep(statuses)
         report.orphans_stopped = self.stopper.run(statuses)
-        report.seconds = time.monotonic() - started
         if report.decisions:
             counts: dict[str, int] = {}
             for d in report.decisions.values():
                 counts[d.verdict.value] = counts.get(d.verdict.value, 0) + 1
-            log.info("recovery: %s", ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
+            log.info("recovery of pool %s: %s", self.pool, ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
         return report
-
-    def _statuses_waiting(self, stop: Callable[[], bool], report: RecoveryReport) -> list[AgentTaskStatus] | None:
-        """The agent's task list; an unreachable agent is waited for, never guessed at."""
-        while True:
-            try:
-                return self.link.call(self.link.agent.task_statuses)
-            except AgentError:
-                report.agent_waits += 1
-            while self.clock() < self.link.retry_at:
-                if stop():
-                    return None
-                time.sleep(min(0.1, max(0.0, self.link.retry_at - self.clock())))
-            if stop():
-                return None
 
     def _sweep(self, statuses: Sequence[AgentTaskStatus]) -> int:
         """Agent tasks of ours whose command no longer expects them: stop them, clear them once ended."""
@@ -120,13 +123,18 @@ class Recovery:
             parsed = parse_agent_task_key(status.key)
             if parsed is None or parsed[0] in self.held:
                 continue
-            command = self.store.get(parsed[0])
+            with self.writer.lock:
+                command = self.store.get(parsed[0])
             if not isinstance(command, RootCommand) or parsed[1] not in command.tasks:
                 continue  # not ours: never touch it
             self.stopper.leftovers.add(status.agent_task_id)
             found += 1
         if found:
-            log.warning("found %d leftover agent task(s) of commands no longer in flight; stopping and clearing", found)
+            log.warning(
+                "found %d leftover agent task(s) of commands no longer in flight in pool %s; stopping and clearing",
+                found,
+                self.pool,
+            )
         return found
 
 

@@ -15,6 +15,7 @@ what it means.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -23,7 +24,10 @@ from eventsourcing.persistence import IntegrityError
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EntityRef
+from orchestrator.engine.lifecycle import log_saved, pending_of
+from orchestrator.errors import LeaseLostError
 from orchestrator.store.event_store import EventStore
+from orchestrator.store.leases import WriteFence
 from orchestrator.store.unit_of_work import InventoryUnit
 
 log = logging.getLogger("orchestrator.engine")
@@ -34,10 +38,21 @@ ATTEMPTS = 10  # re-reads after conflicts before leaving the change to the next 
 
 
 class CommandWriter:
-    def __init__(self, store: EventStore, held: dict[UUID, RootCommand], stamp: Callable[[], dict[str, Any]]) -> None:
+    """Applies and saves changes to the commands it holds; every store access under the engine's store lock."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        held: dict[UUID, RootCommand],
+        stamp: Callable[[], dict[str, Any]],
+        lock: threading.RLock | None = None,
+        fence: Callable[[], WriteFence | None] = lambda: None,
+    ) -> None:
         self.store = store
         self.held = held
         self.stamp = stamp
+        self.fence = fence  # the lease every write is made under (checked by the store, in the transaction)
+        self.lock = lock or threading.RLock()  # one per engine: its pools' workers share the store
         self.transactions = 0
         self.events = 0
         self.conflicts = 0
@@ -59,6 +74,10 @@ class CommandWriter:
         return saved
 
     def _apply_part(self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None) -> bool:
+        with self.lock:
+            return self._apply_locked(ids, changes, prefetch)
+
+    def _apply_locked(self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None) -> bool:
         for _ in range(ATTEMPTS):
             commands = [self.held[i] for i in ids if i in self.held]
             unit = InventoryUnit(self.store)
@@ -71,16 +90,22 @@ class CommandWriter:
                 touched = unit.touched()
                 if not pending and not touched:
                     return True
-                self.events += self.store.save(*pending, *touched, stamp=self.stamp())
+                saving = pending_of(pending)
+                self.events += self.store.save(*pending, *touched, stamp=self.stamp(), fence=self.fence())
             except IntegrityError as exc:
                 self.conflicts += 1
                 log.info("store refused a write (%s); re-reading what it involved", str(exc).splitlines()[0][:200])
                 self._discard(commands, unit)
                 continue
+            except LeaseLostError:
+                # The worker is let go with everything it held: forget, read nothing (the store may be gone).
+                self.store.forget([*unit.ids(), *(c.id for c in commands)])
+                raise
             except BaseException:
                 self._discard(commands, unit)
                 raise
             self.transactions += 1
+            log_saved(saving)
             return True
         log.warning("%d command(s) kept changing under the engine; the next cycle tries again", len(ids))
         return False
@@ -93,7 +118,8 @@ class CommandWriter:
 
     def reload(self, command_id: UUID) -> RootCommand | None:
         """The command as recorded now, held again (or let go when it is no longer in flight)."""
-        command = self.store.fresh(command_id)
+        with self.lock:
+            command = self.store.fresh(command_id)
         if not isinstance(command, RootCommand) or not command.in_flight:
             self.held.pop(command_id, None)
             return None

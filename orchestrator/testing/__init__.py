@@ -21,7 +21,8 @@ from orchestrator.testing.simulator_backend import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.testing.agent_server import GRACEFUL_SHUTDOWN_SECONDS, serve
+    from orchestrator.testing.agent_process import AgentProcess
+    from orchestrator.testing.agent_server import serve
     from orchestrator.testing.invariants import InvariantResult, check_invariants, expected_storage
     from orchestrator.testing.seed import SEED_DOMAINS, SeedResult, seed_inventory
     from orchestrator.testing.simulator_admin import SimulatorAdmin
@@ -31,13 +32,13 @@ if TYPE_CHECKING:
 # the engine's command line does not need, and `python -m` of a module the package had already
 # imported would run a second copy of it.
 _LAZY = {
+    "AgentProcess": "orchestrator.testing.agent_process",
     "InvariantResult": "orchestrator.testing.invariants",
     "check_invariants": "orchestrator.testing.invariants",
     "expected_storage": "orchestrator.testing.invariants",
     "SEED_DOMAINS": "orchestrator.testing.seed",
     "SeedResult": "orchestrator.testing.seed",
     "seed_inventory": "orchestrator.testing.seed",
-    "GRACEFUL_SHUTDOWN_SECONDS": "orchestrator.testing.agent_server",
     "serve": "orchestrator.testing.agent_server",
     "SimulatorAdmin": "orchestrator.testing.simulator_admin",
     "SIMULATOR_METHODS": "orchestrator.testing.simulator_protocol",
@@ -47,10 +48,10 @@ _LAZY = {
 
 __all__ = [
     "AGENT_STATE_ENV",
-    "GRACEFUL_SHUTDOWN_SECONDS",
     "SEED_DOMAINS",
     "SIMULATOR_METHODS",
     "SIMULATOR_SCHEMA_PATH",
+    "AgentProcess",
     "FaultConfig",
     "InvariantResult",
     "NetworkFault",

@@ -17,19 +17,12 @@ the deliberately broken answers are network_faults.py.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import ipaddress
 import logging
-import signal
-import socket
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -37,6 +30,15 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.serving import (
+    AnnouncingServer,
+    bind,
+    parse_listen,
+    remove_url_file,
+    run_server,
+    server_config,
+    url_of,
+)
 from orchestrator.testing.agent_service import AgentService, Answer
 from orchestrator.testing.fences import fence_path_for
 from orchestrator.testing.network_faults import expected_drop, faulty_response
@@ -48,10 +50,6 @@ log = logging.getLogger("orchestrator.testing.agent_server")
 
 RPC_PATH = "/rpc"
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
-# The server keeps idle connections longer than clients do, so it is always the client that
-# closes an idle one (no request is ever sent on a connection the server is closing).
-KEEP_ALIVE_SECONDS = 75
-GRACEFUL_SHUTDOWN_SECONDS = 3
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:
@@ -98,54 +96,9 @@ def create_app(
 # ---- serving -----------------------------------------------------------------------------------------------
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """HOST:PORT (or [IPv6]:PORT) to (host, port); port 0 picks a free one."""
-    host, colon, port = listen.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
-        raise InputError(f"--listen {listen!r} is not HOST:PORT (e.g. 127.0.0.1:0 for any free port)")
-    return host, int(port)
-
-
 def default_agent_id(state: Path) -> str:
     """Stable for a state file: a server restarted on it is the same agent, holding the same tasks."""
     return "sim-" + hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
-
-
-def _bind(host: str, port: int, listen: str) -> socket.socket:
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        family = socket.AF_INET  # a host name: resolved by bind
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise OrchestratorError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-class _AnnouncingServer(uvicorn.Server):
-    """Tells the world where it listens only once it really serves."""
-
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None], stopping: threading.Event) -> None:
-        super().__init__(config)
-        self._on_started = on_started
-        self._stopping = stopping
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if not self.should_exit:
-            self._on_started()
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._stopping.set()  # a trickling answer would otherwise hold the graceful shutdown
-        await super().shutdown(sockets=sockets)
 
 
 def serve(
@@ -174,52 +127,20 @@ def serve(
     try:
         agent_id = agent_id or default_agent_id(Path(state))
         app = create_app(backend, agent_id=agent_id, pool_id=pool_id, fence_path=fence_path_for(Path(state)))
-        sock = _bind(host, port, listen)
-        bound_port = sock.getsockname()[1]
-        url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}{RPC_PATH}"
+        sock = bind(host, port, backlog=128)
+        url = url_of(sock, host, path=RPC_PATH)
 
         def announce() -> None:
             if url_file is not None:
                 write_private_file(url_file, url + "\n")
             print(f"agent {agent_id} for pool {pool_id} serving at {url}", flush=True)
 
-        config = uvicorn.Config(
-            app,
-            http="h11",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        )
-        server = _AnnouncingServer(config, announce, app.state.service.stopping)
+        server = AnnouncingServer(server_config(app), announce, app.state.service.stopping.set)
         logging.getLogger("uvicorn.error").addFilter(expected_drop)
-        with _quiet_signals(), sock:
-            server.run(sockets=[sock])
-        if url_file is not None:
-            with contextlib.suppress(OSError):
-                if url_file.read_text().strip() == url:
-                    url_file.unlink()
+        run_server(server, sock)
+        remove_url_file(url_file, url)
     finally:
         backend.close()
-
-
-@contextlib.contextmanager
-def _quiet_signals() -> Iterator[None]:
-    """SIGTERM/SIGINT only stop the server: uvicorn re-raises what it caught, which must not kill us."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def note(signum: int, frame: FrameType | None) -> None:
-        log.debug("signal %d after the server stopped", signum)
-
-    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

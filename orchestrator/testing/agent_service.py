@@ -111,6 +111,7 @@ class AgentService:
             "Simulator.seed": self._seed,
             "Simulator.unseed": self._unseed,
             "Simulator.storage": self._storage_snapshot,
+            "Simulator.fence_log": self._fence_log,
         }
 
     # A request, from body to answer.
@@ -152,7 +153,7 @@ class AgentService:
                     log.warning("simulated network fault %s on %s", fault, spec.name)
                     return Answer(b"", fault, rpc_id)
             fence = getattr(params, "fence", None)
-            with self.fences.admit(fence):
+            with self.fences.admit(fence, spec.name):
                 result = self._handlers[spec.name](params, fault)
             body = _json({"jsonrpc": JSONRPC_VERSION, "id": rpc_id, "result": result})
         except StaleFenceError as stale:
@@ -231,3 +232,13 @@ class AgentService:
 
     def _storage_snapshot(self, _: NoParams, __: NetworkFault) -> Any:
         return self.backend.storage_snapshot()
+
+    def _fence_log(self, _: NoParams, __: NetworkFault) -> Any:
+        entries, dropped = self.fences.log()
+        return {
+            "entries": [
+                {"method": r.method, "engine_id": r.engine_id, "epoch": r.epoch, "at": r.at, "admitted": r.admitted}
+                for r in entries
+            ],
+            "dropped": dropped,
+        }

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.errors import AgentUnavailableError, StoreError
+from orchestrator.errors import AgentError, AgentUnavailableError, StoreError
 
 FAULTS_ENV = "ORCHESTRATOR_AGENT_FAULTS"
 
@@ -61,6 +61,27 @@ class FaultConfig(BaseModel):
     def network_fault_now(self) -> NetworkFault:
         """The network fault in force at this moment ("none" once its time is up)."""
         return self.network_fault if time.time() < self.network_fault_until else "none"
+
+
+def stored_faults(state_file: object, raw: str | bytes | None) -> FaultConfig:
+    """The fault configuration kept in an agent state file's `faults` row.
+
+    A row that is not a configuration (edited by hand, written by another program) makes
+    the agent unusable, with one line saying how to reset it, never a traceback: the
+    engine waits for the agent as for any other agent trouble and decides nothing.
+    """
+    if raw is None:
+        return FaultConfig()
+    try:
+        return FaultConfig.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        problem = f"{where}: {first['msg']}" if where else str(first["msg"])
+        raise AgentError(
+            f"agent state {state_file}: its faults row is not a fault configuration ({problem[:200]}); "
+            "reset it with 'orchestrator agent faults --clear'"
+        ) from None
 
 
 def with_env_overrides(config: FaultConfig) -> FaultConfig:

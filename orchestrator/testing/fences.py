@@ -6,13 +6,21 @@ with another engine id, is refused (`StaleFenceError`, answered with -32001).
 A call that raises the epoch waits for the calls of the older epoch still
 being served, so no call of a deposed engine takes effect after its
 successor's first call.
+
+The keeper also remembers, in memory and bounded (the last `LOG_LIMIT`), every
+fenced call it admitted and every one it refused as stale, in the order it
+decided them (`FenceRecord`; `Simulator.fence_log` answers them): the agent's
+own evidence that no deposed engine acted after its successor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -20,6 +28,19 @@ from pydantic import ValidationError
 from orchestrator.agent.protocol import Fence
 from orchestrator.errors import OrchestratorError
 from orchestrator.testing.private_files import write_private_file
+
+LOG_LIMIT = 100_000  # fence decisions kept in memory (the oldest go first)
+
+
+@dataclass(frozen=True, slots=True)
+class FenceRecord:
+    """One fenced call the keeper decided: admitted, or refused as stale; `at` is wall time."""
+
+    method: str
+    engine_id: str
+    epoch: int
+    at: float
+    admitted: bool
 
 
 def fence_path_for(state: Path) -> Path:
@@ -45,6 +66,8 @@ class FenceKeeper:
         self._changed = threading.Condition()
         self._in_flight = 0  # fenced calls being served, all of the current epoch
         self._rising: Fence | None = None  # a higher fence waiting for the current epoch's calls to end
+        self._log: deque[FenceRecord] = deque(maxlen=LOG_LIMIT)
+        self._logged = 0  # decisions ever logged (those beyond the limit were dropped)
         self.current: Fence | None = self._load()
 
     def _load(self) -> Fence | None:
@@ -67,32 +90,52 @@ class FenceKeeper:
         if fence.epoch < highest.epoch or fence.engine_id != highest.engine_id:
             raise StaleFenceError(fence, highest)
 
+    def _record(self, method: str, fence: Fence, *, admitted: bool) -> None:
+        """Log one decision (called holding the condition's lock, so the log is in decision order)."""
+        self._log.append(FenceRecord(method, fence.engine_id, fence.epoch, time.time(), admitted))
+        self._logged += 1
+
+    def log(self) -> tuple[list[FenceRecord], int]:
+        """The decisions kept, oldest first, and how many older ones were dropped."""
+        with self._changed:
+            return list(self._log), self._logged - len(self._log)
+
     @contextlib.contextmanager
-    def admit(self, fence: Fence | None) -> Iterator[None]:
-        """Serve a call under this fence, or refuse it (StaleFenceError). Unfenced calls pass."""
+    def admit(self, fence: Fence | None, method: str = "") -> Iterator[None]:
+        """Serve a call under this fence, or refuse it (StaleFenceError); either way it is logged.
+        Unfenced calls pass, unlogged."""
         if fence is None:
             yield
             return
         with self._changed:
-            self._refuse_if_stale(fence)
-            if self._newer(fence):
-                self._rising = fence
-                try:
-                    while self._in_flight:  # let the older epoch's calls finish before it is deposed
-                        self._changed.wait()
-                    self._refuse_if_stale(fence)  # a newer one may have come while we waited
-                    if self._newer(fence):
-                        if self.path is not None:
-                            write_private_file(self.path, fence.model_dump_json() + "\n")
-                        self.current = fence
-                finally:
-                    if self._rising is fence or (self._rising and not self._newer(self._rising)):
-                        self._rising = None
-                    self._changed.notify_all()
+            try:
+                self._decide(fence)
+            except StaleFenceError:
+                self._record(method, fence, admitted=False)
+                raise
+            self._record(method, fence, admitted=True)
             self._in_flight += 1
         try:
             yield
         finally:
             with self._changed:
                 self._in_flight -= 1
+                self._changed.notify_all()
+
+    def _decide(self, fence: Fence) -> None:
+        """Admit this fence (raising the epoch once the older calls end) or raise StaleFenceError."""
+        self._refuse_if_stale(fence)
+        if self._newer(fence):
+            self._rising = fence
+            try:
+                while self._in_flight:  # let the older epoch's calls finish before it is deposed
+                    self._changed.wait()
+                self._refuse_if_stale(fence)  # a newer one may have come while we waited
+                if self._newer(fence):
+                    if self.path is not None:
+                        write_private_file(self.path, fence.model_dump_json() + "\n")
+                    self.current = fence
+            finally:
+                if self._rising is fence or (self._rising and not self._newer(self._rising)):
+                    self._rising = None
                 self._changed.notify_all()

@@ -1,4 +1,4 @@
-"""The invariants of docs/invariants.md, checked against the real store and agent.
+"""The invariants of docs/invariants.md, checked against the real store and every pool's agent.
 
 Used by the demo, the tests, the soak script and the benchmarks. Each check
 reads the event log, the read models and the simulated agent's own journal
@@ -7,7 +7,7 @@ reads the event log, the read models and the simulated agent's own journal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -16,13 +16,25 @@ from eventsourcing.utils import get_topic
 from pydantic import BaseModel
 
 from orchestrator.domain.commands import RootCommand
-from orchestrator.domain.inventory import Disk, InventoryEntity, Template, Vm
-from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, VmStatus, parse_agent_task_key
+from orchestrator.domain.inventory import Disk, InventoryEntity, StorageDomain, Template, Vm
+from orchestrator.domain.model import (
+    DEFAULT_POOL,
+    CommandStatus,
+    EndKind,
+    FailureCause,
+    TaskStatus,
+    VmStatus,
+    parse_agent_task_key,
+)
 from orchestrator.store import writer_of
+from orchestrator.testing.simulator_control import InProcessControl, SimulatorControl
 
 if TYPE_CHECKING:
     from orchestrator.bootstrap import Orchestrator
     from orchestrator.testing.simulated_agent import SimulatedAgent
+
+# Each pool's simulated agent, as the checks read it (its journal and its storage).
+Agents = Mapping[str, SimulatorControl]
 
 
 class InvariantResult(BaseModel):
@@ -62,14 +74,21 @@ def expected_storage(entities: Iterable[InventoryEntity]) -> set[tuple[str, str,
     return out
 
 
-def gather(orch: Orchestrator, agent: SimulatedAgent) -> Evidence:
+def agents_of(agent: SimulatedAgent | Agents) -> Agents:
+    """A single in-process simulated agent stands for the default pool's."""
+    if isinstance(agent, Mapping):
+        return agent
+    return {DEFAULT_POOL: InProcessControl(agent.backend)}
+
+
+def gather(orch: Orchestrator, agents: Agents) -> Evidence:
     ids = all_command_ids(orch)
     commands = [orch.command(i) for i in ids]
     return Evidence(
         ids=ids,
         commands=commands,
         events={c.id: orch.store.events_of(c.id) for c in commands},
-        journal={row["key"]: row for row in agent.backend.journal()},
+        journal={row["key"]: row for control in agents.values() for row in control.journal()},
         inventory=orch.inventory(),
     )
 
@@ -124,9 +143,14 @@ def projections_are_true(orch: Orchestrator, ev: Evidence, verify: bool) -> list
     return problems
 
 
-def nothing_lost(ev: Evidence, expected: Iterable[UUID]) -> list[str]:
+def nothing_lost(
+    ev: Evidence, expected: Iterable[UUID], pruned: Collection[UUID] = frozenset(), left: Iterable[UUID] = ()
+) -> list[str]:
+    """Expected commands are in the log, except those an operator pruned (`left`: pruned ones that
+    still have events: a prune removes a command whole)."""
     ours = set(ev.ids)
-    problems = [f"command {i} is not in the log" for i in expected if i not in ours]
+    problems = [f"command {i} is not in the log" for i in expected if i not in ours and i not in pruned]
+    problems += [f"command {i} was pruned but the store still holds events of it" for i in left]
     if len(ev.ids) != len(ours):
         problems.append("a command was accepted twice")
     for ident, events in ev.events.items():
@@ -136,12 +160,23 @@ def nothing_lost(ev: Evidence, expected: Iterable[UUID]) -> list[str]:
     return problems
 
 
-def truth_matches(agent: SimulatedAgent, ev: Evidence) -> list[str]:
-    expected = expected_storage(ev.inventory)
-    actual = agent.storage().triples()
-    problems = [f"inventory has {v[2]} ({v[1]} on {v[0]}) but the agent does not" for v in sorted(expected - actual)]
+def truth_matches(agents: Agents, ev: Evidence) -> list[str]:
+    """Each pool's agent holds exactly the volumes the inventory says its storage domains hold."""
+    pool_of = {e.entity_id: e.pool_id for e in ev.inventory if isinstance(e, StorageDomain)}
+    problems: list[str] = []
+    for pool, control in sorted(agents.items()):
+        expected = {v for v in expected_storage(ev.inventory) if pool_of.get(v[0], DEFAULT_POOL) == pool}
+        actual = control.storage().triples()
+        problems += _differences(expected, actual, "" if len(agents) == 1 else f" of pool {pool}")
+    return problems
+
+
+def _differences(expected: set[tuple[str, str, str]], actual: set[tuple[str, str, str]], whose: str) -> list[str]:
+    problems = [
+        f"inventory has {v[2]} ({v[1]} on {v[0]}) but the agent{whose} does not" for v in sorted(expected - actual)
+    ]
     return problems + [
-        f"agent has {v[2]} ({v[1]} on {v[0]}) unknown to the inventory" for v in sorted(actual - expected)
+        f"agent{whose} has {v[2]} ({v[1]} on {v[0]}) unknown to the inventory" for v in sorted(actual - expected)
     ]
 
 
@@ -180,14 +215,41 @@ def no_spurious_failure(ev: Evidence) -> list[str]:
     return problems
 
 
+def fenced_writes(ev: Evidence) -> list[str]:
+    """Under leases, one epoch of a pool is one engine, and a command's history never goes back to an
+    older epoch (a deposed engine wrote nothing after its successor)."""
+    problems = []
+    engine_of: dict[tuple[str, int], str] = {}
+    for c in ev.commands:
+        last = 0
+        for e in ev.events[c.id]:
+            writer = writer_of(e)
+            epoch, engine = writer.get("epoch"), writer.get("engine")
+            if not isinstance(epoch, int) or epoch <= 0 or not isinstance(engine, str):
+                continue  # not written under a lease (a service call, an engine without leases)
+            first = engine_of.setdefault((c.pool_id, epoch), engine)
+            if first != engine:
+                problems.append(f"pool {c.pool_id} epoch {epoch} was written by two engines: {first} and {engine}")
+            if epoch < last:
+                problems.append(
+                    f"{c.flow} {c.id}: version {e.originator_version} was written at epoch {epoch} after epoch {last}"
+                )
+            last = max(last, epoch)
+    return sorted(set(problems))
+
+
 def check_invariants(
     orch: Orchestrator,
-    agent: SimulatedAgent,
+    agent: SimulatedAgent | Agents,
     *,
     expected_commands: Iterable[UUID] = (),
     verify_projections: bool = True,
+    pruned: Iterable[UUID] = (),
 ) -> list[InvariantResult]:
-    ev = gather(orch, agent)
+    """`pruned`: commands an operator pruned (orchestrator/retention.py): no longer expected in the log."""
+    agents = agents_of(agent)
+    gone = set(pruned)
+    ev = gather(orch, agents)
     outcomes: dict[str, int] = {}
     for c in ev.commands:
         outcomes[c.status.value] = outcomes.get(c.status.value, 0) + 1
@@ -208,14 +270,19 @@ def check_invariants(
         ),
         (
             "nothing lost",
-            lambda: nothing_lost(ev, expected_commands),
+            lambda: nothing_lost(ev, expected_commands, gone, [i for i in sorted(gone) if orch.store.events_of(i)]),
             f"{len(ev.ids)} command(s), each once, histories complete",
         ),
-        ("truth matches", lambda: truth_matches(agent, ev), "inventory and agent agree on every volume"),
+        ("truth matches", lambda: truth_matches(agents, ev), "inventory and agent agree on every volume"),
         (
             "no spurious failure",
             lambda: no_spurious_failure(ev),
             f"each of {failed} failed command(s) failed for a reason of its own; verdicts only from recovery",
+        ),
+        (
+            "fenced writes",
+            lambda: fenced_writes(ev),
+            "each pool's epoch is one engine's; no history goes back to an older epoch",
         ),
     ]
     return [_result(n, name, check(), good) for n, (name, check, good) in enumerate(checks, start=1)]

@@ -16,12 +16,17 @@ from eventsourcing.persistence import IntegrityError
 from pydantic import BaseModel
 
 from orchestrator.domain.inventory import Disk, InventoryEntity, StorageDomain, Vm
-from orchestrator.domain.model import EntityRef, EntityType, StorageDomainStatus
+from orchestrator.domain.model import DEFAULT_POOL, EntityRef, EntityType, StorageDomainStatus
 from orchestrator.errors import SeedConflictError
 from orchestrator.service import CommandService
 
 SEED_BATCH = 2_000  # aggregates per transaction (one huge insert can hang the PostgreSQL driver)
-SEED_DOMAINS = ("sd-1", "sd-2")
+SEED_DOMAINS = ("sd-1", "sd-2")  # the default pool's
+
+
+def seed_domains(pool: str) -> tuple[str, str]:
+    """A pool's two storage domains: sd-1 and sd-2 in the default pool, sd-POOL-1 and sd-POOL-2 elsewhere."""
+    return SEED_DOMAINS if pool == DEFAULT_POOL else (f"sd-{pool}-1", f"sd-{pool}-2")
 
 
 class SeededVm(BaseModel):
@@ -47,14 +52,15 @@ class AgentStorage(Protocol):
 
 
 def plan_seed(
-    existing: set[EntityRef], vms: int, disks: int, status: str
+    existing: set[EntityRef], vms: int, disks: int, status: str, pool: str = DEFAULT_POOL
 ) -> tuple[list[InventoryEntity], list[SeededVm]]:
-    """The entities of a seed: new VMs numbered after the existing ones, each disk on sd-1."""
+    """The entities of a seed: new VMs numbered after the existing ones, each disk on the pool's first domain."""
+    domains = seed_domains(pool)
     taken = [int(ref.id.split("-")[1]) for ref in existing if ref.type is EntityType.VM and ref.id[3:].isdigit()]
     start = max(taken, default=0) + 1
     new: list[InventoryEntity] = [
-        StorageDomain.register(sd, name=sd, status=StorageDomainStatus.ACTIVE)
-        for sd in SEED_DOMAINS
+        StorageDomain.register(sd, name=sd, status=StorageDomainStatus.ACTIVE, pool_id=pool)
+        for sd in domains
         if EntityRef(EntityType.STORAGE_DOMAIN, sd) not in existing
     ]
     seeded: list[SeededVm] = []
@@ -63,7 +69,9 @@ def plan_seed(
         disk_ids = [f"disk-{n:04d}-{k}" for k in range(1, disks + 1)]
         for k, disk_id in enumerate(disk_ids, start=1):
             image, volume = f"img-{n:04d}-{k}", f"vol-{n:04d}-{k}-base"
-            new.append(Disk.register(disk_id, vm_id=vm_id, storage_domain_id="sd-1", image_id=image, volumes=[volume]))
+            new.append(
+                Disk.register(disk_id, vm_id=vm_id, storage_domain_id=domains[0], image_id=image, volumes=[volume])
+            )
         new.append(Vm.register(vm_id, name=vm_id, status=status, disk_ids=disk_ids))
         seeded.append(SeededVm(vm_id=vm_id, disk_ids=disk_ids))
     return new, seeded
@@ -74,13 +82,23 @@ def volumes_of(entities: Sequence[InventoryEntity]) -> list[tuple[str, str, str]
 
 
 def seed_inventory(
-    service: CommandService, agent: AgentStorage, vms: int, disks: int, status: str = "up"
+    service: CommandService,
+    agent: AgentStorage,
+    vms: int,
+    disks: int,
+    status: str = "up",
+    pool: str = DEFAULT_POOL,
+    existing: set[EntityRef] | None = None,
 ) -> SeedResult:
-    """Create storage domains, VMs and their disks, in the store and on the agent."""
-    existing = {e.ref for e in service.inventory()}
-    new, seeded = plan_seed(existing, vms, disks, status)
+    """Create a pool's storage domains, VMs and their disks, in the store and on the pool's agent.
+
+    `existing`: the entities already there, when the caller knows (else the whole inventory is read);
+    the new VMs are numbered after the highest VM among them."""
+    if existing is None:
+        existing = {e.ref for e in service.inventory()}
+    new, seeded = plan_seed(existing, vms, disks, status, pool)
     token = uuid4().hex
-    clashes = agent.seed_storage(SEED_DOMAINS, volumes_of(new), token)
+    clashes = agent.seed_storage(seed_domains(pool), volumes_of(new), token)
     if clashes:
         raise SeedConflictError(
             f"another seed ran at the same time ({len(clashes)} of these volumes, e.g. {clashes[0]}, are "
@@ -98,4 +116,4 @@ def seed_inventory(
             kept = f"; {saved} entities were recorded before it" if saved else "; nothing was added"
             raise SeedConflictError(f"another seed ran at the same time{kept}; run the seed again") from None
         raise
-    return SeedResult(storage_domains=list(SEED_DOMAINS), vms=seeded)
+    return SeedResult(storage_domains=list(seed_domains(pool)), vms=seeded)

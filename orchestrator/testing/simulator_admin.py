@@ -15,7 +15,13 @@ from orchestrator.agent.port import StorageView
 from orchestrator.agent.protocol import EmptyResult, IdentifyResult, parse_result
 from orchestrator.agent.rpc import MIB, RpcClient
 from orchestrator.testing.faults import FaultConfig
-from orchestrator.testing.simulator_protocol import JournalResult, SeedResult, UnseedResult
+from orchestrator.testing.simulator_protocol import (
+    FenceLogEntry,
+    FenceLogResult,
+    JournalResult,
+    SeedResult,
+    UnseedResult,
+)
 
 
 class SimulatorAdmin:
@@ -94,3 +100,9 @@ class SimulatorAdmin:
         """The storage as it is now, without simulated faults."""
         with self.rpc.naming_agent():
             return parse_result(StorageView, self.rpc.call("Simulator.storage", {}), "Simulator.storage")
+
+    def fence_log(self) -> list[FenceLogEntry]:
+        """Every fenced call the agent admitted or refused as stale since it started, oldest first
+        (the last 100,000; `Simulator.fence_log`)."""
+        with self.rpc.naming_agent():
+            return parse_result(FenceLogResult, self.rpc.call("Simulator.fence_log", {}), "Simulator.fence_log").entries

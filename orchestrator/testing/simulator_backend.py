@@ -17,6 +17,7 @@ check what the agent really did.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import StoreError
-from orchestrator.store import create_private_file, sqlite_uri
+from orchestrator.store import StoreConfig, create_private_file, sqlite_uri
 from orchestrator.testing.faults import (
     FaultConfig,
     garbled,
     refuse_if_unreachable,
     share_hit,
     simulate_network,
+    stored_faults,
     with_env_overrides,
 )
 from orchestrator.testing.storage_effects import VERB_ARGS, advance, argument_problem, undo_effect
@@ -64,13 +66,25 @@ _SCHEMA = [
 ]
 
 
-def default_agent_state_path(store_path: Path | None) -> Path:
-    """`ORCHESTRATOR_AGENT_STATE`, else beside the store's file, else `./orchestrator.agent`."""
+def default_agent_state_path(store: StoreConfig | Path | None) -> Path:
+    """`ORCHESTRATOR_AGENT_STATE`, else the store's own simulated agent state file.
+
+    A SQLite store's is beside its file (`STORE.agent`). A PostgreSQL store's is in the
+    current folder, named after the store, so that stores run from one folder do not share
+    one agent: `orchestrator-pg-SCHEMA-HASH.agent`, HASH from the redacted URL (schema
+    included). A bare path (or None, for PostgreSQL) is what callers before 0.2 passed.
+    """
     env = os.environ.get(AGENT_STATE_ENV)
     if env:
         return Path(env)
-    if store_path is not None:
-        return store_path.with_name(store_path.name + ".agent")
+    if isinstance(store, StoreConfig):
+        if store.path is not None:
+            store = store.path
+        else:
+            digest = hashlib.sha256(store.redacted.encode()).hexdigest()[:12]
+            return Path(f"orchestrator-pg-{store.schema_name}-{digest}.agent")
+    if store is not None:
+        return store.with_name(store.name + ".agent")
     return Path("orchestrator.agent")
 
 
@@ -129,6 +143,9 @@ def _check_and_set_up(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute("INSERT OR IGNORE INTO faults VALUES (1, ?)", (FaultConfig().model_dump_json(),))
 
 
+STATUS_FIELDS = ("agent_task_id", "key", "verb", "state", "result", "message", "created_at")
+
+
 def _status(
     agent_task_id: str, key: str, verb: str, state: str, result: str, message: str, created_at: float
 ) -> dict[str, Any]:
@@ -174,7 +191,7 @@ class SimulatedAgentBackend:
     def faults(self) -> FaultConfig:
         with self._lock:
             row = self._conn.execute("SELECT config FROM faults WHERE id = 1").fetchone()
-        return with_env_overrides(FaultConfig.model_validate_json(row[0]))
+        return with_env_overrides(stored_faults(self.path, row[0] if row else None))
 
     def set_faults(self, config: FaultConfig) -> None:
         with self._write() as conn:
@@ -243,18 +260,29 @@ class SimulatedAgentBackend:
         now = time.time()
         with self._write() as conn:
             advance(conn, now)
+            # The time formatted by SQLite (a thousand rows a call, every call of every engine cycle).
             rows = conn.execute(
-                "SELECT agent_task_id, key, verb, state, result, message, created_at FROM tasks"
+                "SELECT agent_task_id, key, verb, state, result, message,"
+                " strftime('%Y-%m-%dT%H:%M:%f+00:00', created_at, 'unixepoch') FROM tasks"
                 " WHERE cleared_at IS NULL AND vanished = 0 ORDER BY created_at"
             ).fetchall()
         if garbled(faults, self._rng):
             return [{"agent_task_id": r[0], "state": "exploded"} for r in rows] or "<html>502 Bad Gateway</html>"
-        answer = [_status(*row) for row in rows]
+        answer = [dict(zip(STATUS_FIELDS, row, strict=True)) for row in rows]
         for _ in range(faults.phantom_tasks):
             answer.append(
                 _status(str(uuid.uuid4()), f"phantom-{uuid.uuid4()}", "delete_image", "finished", "success", "", now)
             )
         return answer
+
+    def hurry(self, share: float) -> int:
+        """Make a share of the running tasks due now, so that they end at the next call (benchmarks)."""
+        with self._write() as conn:
+            running = [row[0] for row in conn.execute("SELECT agent_task_id FROM tasks WHERE state = 'running'")]
+            chosen = self._rng.sample(running, round(len(running) * share))
+            now = time.time()
+            conn.executemany("UPDATE tasks SET due_at = ? WHERE agent_task_id = ?", [(now, t) for t in chosen])
+        return len(chosen)
 
     def stop_task(self, agent_task_id: str) -> Any:
         faults = self.faults()
@@ -341,7 +369,7 @@ class SimulatedAgentBackend:
             raise StoreError(f"agent state {path} is not readable ({exc})") from exc
         try:
             faults = conn.execute("SELECT config FROM faults WHERE id = 1").fetchone()
-            outage = FaultConfig.model_validate_json(faults[0]).unreachable_until if faults else 0.0
+            outage = stored_faults(path, faults[0]).unreachable_until if faults else 0.0
             refuse_if_unreachable(outage)  # the simulated network is down for readers too
             rows = conn.execute(
                 "SELECT agent_task_id, key, verb, state, result, message, created_at, due_at, fate FROM tasks"

@@ -33,6 +33,7 @@ from orchestrator.agent.protocol import (
     schema_json,
 )
 from orchestrator.testing.faults import FaultConfig
+from orchestrator.testing.fences import LOG_LIMIT
 
 SIMULATOR_SCHEMA_PATH = SCHEMA_PATH.with_name("simulator-extension.schema.json")
 
@@ -88,6 +89,21 @@ class UnseedResult(ProtocolModel):
     removed: int
 
 
+class FenceLogEntry(ProtocolModel):
+    """A fenced call the agent decided on: admitted, or refused as stale (-32001), in the order decided."""
+
+    method: str
+    engine_id: str
+    epoch: int
+    at: float = Field(description="epoch seconds (the agent's wall clock) of the decision")
+    admitted: bool = Field(description="false: refused as stale")
+
+
+class FenceLogResult(ProtocolModel):
+    entries: list[FenceLogEntry] = Field(description=f"oldest first; the agent keeps the last {LOG_LIMIT:,} in memory")
+    dropped: int = Field(description="older decisions no longer kept")
+
+
 SIMULATOR_METHODS: dict[str, MethodSpec] = {
     m.name: m
     for m in (
@@ -97,6 +113,9 @@ SIMULATOR_METHODS: dict[str, MethodSpec] = {
         MethodSpec("Simulator.seed", SeedParams, SeedResult, False, "add storage domains and base volumes"),
         MethodSpec("Simulator.unseed", UnseedParams, UnseedResult, False, "remove volumes a seed added"),
         MethodSpec("Simulator.storage", NoParams, StorageView, False, "the storage, without simulated faults"),
+        MethodSpec(
+            "Simulator.fence_log", NoParams, FenceLogResult, False, "every fenced call admitted or refused as stale"
+        ),
     )
 }
 
