@@ -19,6 +19,10 @@ class EngineSettings(BaseSettings):
     end_action_attempts: int = Field(3, ge=1, le=100, description="tries of an end action before giving up")
     end_action_backoff: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
     agent_backoff_max: float = Field(30.0, gt=0, description="longest wait between calls to a down agent")
+    agent_timeout: float = Field(10.0, gt=0, le=600, description="an agent's answer slower than this is a failure")
+    lease_timeout: float = Field(
+        10.0, ge=0.5, le=600, description="a pool whose engine has not renewed its lease for this long is taken over"
+    )
 
 
 def load_engine_settings(**overrides: object) -> EngineSettings:

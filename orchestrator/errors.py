@@ -19,6 +19,10 @@ class StoreError(OrchestratorError):
     exit_code = 3
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached now (a connection refused or dropped); it may come back."""
+
+
 class InputError(OrchestratorError):
     """Invalid parameters, unknown flow, malformed JSON, bad option value."""
 
@@ -73,6 +77,12 @@ class EngineBusyError(OrchestratorError):
     """Another engine process holds the engine lease on this store."""
 
     exit_code = 8
+
+
+class LeaseLostError(OrchestratorError):
+    """This engine's lease of a pool is no longer its own (another engine took over, or it expired)."""
+
+    exit_code = 12
 
 
 def damaged_event(originator_id: object, version: object, topic: str, detail: str) -> StoreError:

@@ -1,8 +1,11 @@
-"""The service layer: accepting, cancelling and reading commands over the event store.
+"""The service layer: accepting, cancelling, terminating, retrying and reading commands over the event store.
 
 `CommandService` accepts commands (validation, entity locks and every expected
-task in one transaction), records cancels, and reads commands and the
-inventory back. It knows neither the agents nor the read models: the
+task in one transaction), records cancels, terminations (the command fails at
+once and its locks go, in one transaction) and retries (a new command linked
+to the one it retries, in one transaction), and reads commands and the
+inventory back. It logs one line for each command accepted, cancelled,
+terminated or retried (fields: event, command_id, flow). It knows neither the agents nor the read models: the
 composition root (orchestrator/bootstrap.py) hands it what validation asks of
 the read models (`running_tasks_on`).
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import IntegrityError
@@ -21,17 +24,18 @@ from pydantic import BaseModel
 
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
-from orchestrator.domain.inventory import ENTITY_CLASSES, InventoryEntity
-from orchestrator.domain.model import EntityRef
+from orchestrator.domain.inventory import ENTITY_CLASSES, InventoryEntity, StorageDomain
+from orchestrator.domain.model import DEFAULT_POOL, EntityRef, EntityType, EntityUse
 from orchestrator.errors import (
     CommandRefusedError,
     DuplicateCommandError,
     EntityLockedError,
+    InputError,
     NotFoundError,
     OrchestratorError,
 )
 from orchestrator.flows import get_flow
-from orchestrator.flows.base import Flow, FlowParams, PlanContext
+from orchestrator.flows.base import Flow, FlowParams, PlanContext, check_user_text
 from orchestrator.store import EventStore, StoreConfig
 from orchestrator.store.unit_of_work import InventoryUnit
 
@@ -55,6 +59,7 @@ class _Accepted:
 class SubmitResult(BaseModel):
     """The answer to `submit`: the command id is also its idempotency key."""
 
+    format: Literal["orchestrator.submit/1"] = "orchestrator.submit/1"
     command_id: UUID
     flow: str
     summary: str
@@ -65,9 +70,32 @@ class SubmitResult(BaseModel):
 class CancelResult(BaseModel):
     """The answer to `cancel`."""
 
+    format: Literal["orchestrator.cancel/1"] = "orchestrator.cancel/1"
     command_id: UUID
     requested: bool  # False: a cancel had already been requested
     reason: str  # the reason on record
+
+
+class RetryResult(BaseModel):
+    """The answer to `retry`: the new command, which does the work of the one it retries."""
+
+    format: Literal["orchestrator.retry/1"] = "orchestrator.retry/1"
+    command_id: UUID  # the new command
+    retry_of: UUID
+    flow: str
+    summary: str
+    tasks: int
+
+
+class TerminateResult(BaseModel):
+    """The answer to `terminate`: the command failed at once; its locks are released."""
+
+    format: Literal["orchestrator.terminate/1"] = "orchestrator.terminate/1"
+    command_id: UUID
+    reason: str
+    terminated_tasks: list[str]  # every task not yet ended, now ended as terminated by the operator
+    to_stop: list[str]  # of those, the ones the agent had: stopped and cleared if it comes back
+    released_locks: list[str]  # TYPE:ID of every entity whose lock the command held
 
 
 class CommandService:
@@ -78,9 +106,14 @@ class CommandService:
         self.store = store
         self._running_tasks_on = running_tasks_on
 
+    # Told how many aggregates each save recorded (a long seed shows its progress with it).
+    on_saved: Callable[[int], None] | None = None
+
     def save(self, *aggregates: Any) -> None:
         """Record aggregates' pending events as a user's call does (stamped as the client's)."""
         self.store.save(*aggregates, stamp=CLIENT_STAMP)
+        if self.on_saved is not None:
+            self.on_saved(len(aggregates))
 
     # ---- commands --------------------------------------------------------------------------
 
@@ -106,6 +139,7 @@ class CommandService:
                 crash_point("after_accept")
                 accepted = result.results[0]
                 assert isinstance(accepted, SubmitResult)
+                _log_accepted(accepted)
                 return accepted
             check_existing = True  # someone changed an entity (or this id) meanwhile: read again
         raise CommandRefusedError("the entities of this command kept changing under it; try again")
@@ -137,16 +171,22 @@ class CommandService:
             if self._save_unit(batch.commands, unit):
                 if batch.commands:
                     crash_point("after_accept")
+                for answer in batch.results:
+                    if isinstance(answer, SubmitResult):
+                        _log_accepted(answer)
                 return batch.results
         raise CommandRefusedError("the entities of these commands kept changing under them; try again")
 
-    def _accept_into(self, unit: InventoryUnit, flow: Flow, parsed: FlowParams, command_id: UUID) -> _Accepted:
+    def _accept_into(
+        self, unit: InventoryUnit, flow: Flow, parsed: FlowParams, command_id: UUID, retry_of: UUID | None = None
+    ) -> _Accepted:
         """Plan one command into a unit of work: validation, new entities, locks. Records nothing."""
         plan = flow.plan(PlanContext(command_id, unit, self._running_tasks_on), parsed)
         for entity in plan.new_entities:
             unit.add(entity)
         try:
             self._check_locks(plan.entities, unit, str(command_id))
+            pool_id = pool_of(plan.entities, unit)
         except OrchestratorError:
             for entity in plan.new_entities:
                 unit.entities.pop(entity.ref, None)
@@ -158,6 +198,8 @@ class CommandService:
             plan.summary,
             plan.entities,
             [c.to_record() for c in plan.children],
+            pool_id=pool_id,
+            retry_of=retry_of,
         )
         for use in plan.entities:
             locked = unit.get(use.ref)
@@ -224,6 +266,7 @@ class CommandService:
 
     def request_cancel(self, command_id: UUID | str, reason: str = "cancelled by user") -> CancelResult:
         """Record a cancel (refused once the command's end action has begun, or it has ended)."""
+        reason = check_user_text(reason.strip() or "cancelled by user", "the cancel reason")
         for _ in range(ACCEPT_ATTEMPTS):
             command = self.command(command_id)
             try:
@@ -237,8 +280,79 @@ class CommandService:
                 self.store.forget([command.id])
                 raise
             assert command.cancel_reason is not None
+            if recorded:
+                _log_event("cancel requested", "cancel_requested", command, reason=reason)
             return CancelResult(command_id=command.id, requested=recorded, reason=command.cancel_reason)
         raise CommandRefusedError("the command kept changing; try again")
+
+    def terminate(self, command_id: UUID | str, reason: str) -> TerminateResult:
+        """End a command at once, failed and flagged, when its agent is gone for good.
+
+        Every task not yet ended is marked terminated by the operator, and every entity
+        lock the command holds is released, in one transaction; the tasks the agent had
+        are stopped and cleared by the engine if the agent comes back. Refused once the
+        command has ended.
+        """
+        reason = check_user_text(reason.strip(), "the terminate reason")
+        if not reason:
+            raise InputError("give a reason to terminate a command (--reason TEXT): it is kept in its history")
+        for _ in range(ACCEPT_ATTEMPTS):
+            command = self.command(command_id)
+            unit = InventoryUnit(self.store)
+            try:
+                unfinished = [t for t in command.tasks.values() if not t.ended]
+                command.terminate(reason)
+                released = [use.ref.key for use in command.entities if _holds_lock(unit, use.ref, command)]
+                unit.release_locks(command)
+                self.save(command, *unit.touched())
+            except IntegrityError:  # the engine (or another operator) changed it meanwhile: read afresh
+                self.store.forget([command.id, *unit.ids()])
+                continue
+            except BaseException:
+                self.store.forget([command.id, *unit.ids()])
+                raise
+            _log_event("command terminated", "terminated", command, reason=reason)
+            return TerminateResult(
+                command_id=command.id,
+                reason=reason,
+                terminated_tasks=[t.task_id for t in unfinished],
+                to_stop=[t.task_id for t in unfinished if t.agent_task_id],
+                released_locks=released,
+            )
+        raise CommandRefusedError("the command kept changing; try again")
+
+    def retry(self, command_id: UUID | str) -> RetryResult:
+        """Accept a new command with the flow and parameters of an ended one, linked both ways.
+
+        The new command's `Accepted` names the one it retries (`retry_of`) and the original
+        records `RetriedAs`, in the transaction that accepts the new one. Refused while the
+        original is in flight (a terminated command may be retried at once: its locks are gone).
+        """
+        for _ in range(ACCEPT_ATTEMPTS):
+            original = self.command(command_id)
+            _refuse_retry_in_flight(original)
+            flow = get_flow(original.flow)
+            unit = InventoryUnit(self.store)
+            new_id = uuid4()
+            try:
+                accepted = self._accept_into(unit, flow, flow.parse_params(original.params), new_id, original.id)
+                original.record_retry(new_id)
+                saved = self._save_unit([*accepted.commands, original], unit)
+            except BaseException:
+                self.store.forget([original.id])
+                raise
+            if not saved:
+                self.store.forget([original.id])
+                continue
+            crash_point("after_accept")
+            result = accepted.results[0]
+            assert isinstance(result, SubmitResult)
+            _log_accepted(result)
+            _log_event("command retried", "retried", original, retried_as=str(new_id))
+            return RetryResult(
+                command_id=new_id, retry_of=original.id, flow=flow.name, summary=result.summary, tasks=result.tasks
+            )
+        raise CommandRefusedError("the entities of this command kept changing under it; try again")
 
     # ---- inventory -------------------------------------------------------------------------
 
@@ -254,5 +368,56 @@ class CommandService:
         return [loaded[i] for i in ids if isinstance(loaded.get(i), InventoryEntity)]
 
 
+def _refuse_retry_in_flight(command: RootCommand) -> None:
+    if not command.ended:
+        raise CommandRefusedError(
+            f"command {command.id} is still {command.status.value}; retry it once it has ended "
+            "(or cancel it, or terminate it if its agent is gone for good)"
+        )
+    if command.uncleared_tasks and command.terminate_reason is None:
+        raise CommandRefusedError(
+            f"command {command.id} has ended but its tasks are still being cleared on the agent; try again shortly"
+        )
+
+
+def _holds_lock(unit: InventoryUnit, ref: EntityRef, command: RootCommand) -> bool:
+    entity = unit.get(ref)
+    return entity is not None and str(command.id) in entity.locks
+
+
+def _log_accepted(result: SubmitResult) -> None:
+    log.info(
+        "accepted %s command %s (%d task(s))",
+        result.flow,
+        result.command_id,
+        result.tasks,
+        extra={"event": "accepted", "command_id": str(result.command_id), "flow": result.flow},
+    )
+
+
+def _log_event(message: str, event: str, command: RootCommand, **fields: str) -> None:
+    log.info(
+        "%s: %s command %s",
+        message,
+        command.flow,
+        command.id,
+        extra={"event": event, "command_id": str(command.id), "flow": command.flow, **fields},
+    )
+
+
 def registered_topics() -> list[str]:
     return [get_topic(cls.Registered) for cls in ENTITY_CLASSES.values()]
+
+
+def pool_of(uses: Sequence[EntityUse], unit: InventoryUnit) -> str:
+    """The storage pool a command runs in: its storage domains' (one pool; the default without any)."""
+    pools = set()
+    for use in uses:
+        domain = unit.get(use.ref) if use.ref.type is EntityType.STORAGE_DOMAIN else None
+        if isinstance(domain, StorageDomain):
+            pools.add(domain.pool_id)
+    if len(pools) > 1:
+        raise CommandRefusedError(
+            f"its storage domains belong to the pools {', '.join(sorted(pools))}; a command runs in one pool"
+        )
+    return pools.pop() if pools else DEFAULT_POOL

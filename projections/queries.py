@@ -5,11 +5,13 @@ Every answer says how far behind the log it may be (`ViewFreshness`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel
 
 from orchestrator.domain.model import EntityRef
+from orchestrator.errors import InputError
 from orchestrator.store.tables import Tables
 from projections.read_models import IN_FLIGHT
 
@@ -147,6 +149,124 @@ class ReadModelQueries:
         with self.db.read() as cur:
             cur.execute(sql, (*params, limit))
             return [_command_row(r) for r in cur.fetchall()]
+
+    # ---- the command line's questions (orchestrator/cli) ------------------------------------
+
+    def command_ids_starting(self, prefix: str, *, roots_only: bool = True, limit: int = 11) -> list[str]:
+        """Command ids that start with `prefix` (hex digits and '-'; the caller checks it), in order."""
+        if not prefix or not all(c in "0123456789abcdef-" for c in prefix):
+            return []
+        sql = "SELECT command_id FROM proj_commands WHERE command_id LIKE ?"
+        if roots_only:
+            sql += " AND parent_id IS NULL"
+        rows = self.db.query(sql + " ORDER BY command_id LIMIT ?", (prefix + "%", limit))
+        return [str(r[0]) for r in rows]
+
+    def command_types(self) -> list[str]:
+        """Every command type (flow or child type) the commands read model has seen."""
+        rows = self.db.query("SELECT DISTINCT command_type FROM proj_commands ORDER BY command_type")
+        return [str(r[0]) for r in rows]
+
+    def command_exists(self, command_id: str) -> bool:
+        rows = self.db.query("SELECT 1 FROM proj_commands WHERE command_id = ? LIMIT 1", (command_id,))
+        return bool(rows)
+
+    # ---- the HTTP API's questions (orchestrator/api) -----------------------------------------
+
+    def command_page(self, page: CommandPageQuery) -> list[CommandRow]:
+        """One page of commands: filtered, sorted, after a keyset position or an offset."""
+        where, params = page.where()
+        column = f"COALESCE(c.{page.sort}, '')"  # sort is checked against SORTABLE_COLUMNS
+        if page.after is not None:
+            order_op = "<" if page.descending else ">"
+            where.append(f"({column} {order_op} ? OR ({column} = ? AND c.command_id {order_op} ?))")
+            params += [page.after[0], page.after[0], page.after[1]]
+        direction = "DESC" if page.descending else "ASC"
+        sql = "SELECT c.* FROM proj_commands c"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {column} {direction}, c.command_id {direction} LIMIT ? OFFSET ?"
+        with self.db.read() as cur:
+            cur.execute(sql, (*params, page.limit, page.offset))
+            return [_command_row(r) for r in cur.fetchall()]
+
+    def root_command_counts(self) -> list[tuple[str, str, int]]:
+        """(flow, status, number) of root commands: what /metrics reports by flow and outcome."""
+        rows = self.db.query(
+            "SELECT command_type, status, COUNT(*) FROM proj_commands WHERE parent_id IS NULL"
+            " GROUP BY command_type, status ORDER BY command_type, status"
+        )
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    def active_task_counts(self) -> list[tuple[str, int]]:
+        """(status, number) of the tasks not yet cleared on the agent."""
+        rows = self.db.query("SELECT status, COUNT(*) FROM proj_active_tasks GROUP BY status ORDER BY status")
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def root_commands_alive_since(self, since: str) -> list[tuple[str, str | None]]:
+        """(created_at, ended_at) of root commands not ended before `since` (ISO 8601): the in-flight chart."""
+        rows = self.db.query(
+            "SELECT created_at, ended_at FROM proj_commands WHERE parent_id IS NULL"
+            " AND (ended_at IS NULL OR ended_at >= ?)",
+            (since,),
+        )
+        return [(str(r[0]), None if r[1] is None else str(r[1])) for r in rows]
+
+
+# Columns a page of commands may be sorted by (the API checks against this before building SQL).
+SORTABLE_COLUMNS = ("created_at", "ended_at", "status", "command_type")
+
+
+@dataclass(frozen=True)
+class CommandPageQuery:
+    """What a page of commands asks for: filters, sort, and where the page starts."""
+
+    statuses: tuple[str, ...] = ()
+    command_type: str | None = None
+    parent: str | None = None
+    entity: EntityRef | None = None
+    in_flight: bool = False
+    include_children: bool = False
+    created_from: str | None = None  # ISO 8601, inclusive
+    created_before: str | None = None  # ISO 8601, exclusive
+    sort: str = "created_at"
+    descending: bool = False
+    after: tuple[str, str] | None = None  # (sort value, command id) of the last row of the previous page
+    offset: int = 0
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.sort not in SORTABLE_COLUMNS:
+            raise InputError(f"sort must be one of {', '.join(SORTABLE_COLUMNS)}")
+
+    def where(self) -> tuple[list[str], list[object]]:
+        where: list[str] = []
+        params: list[object] = []
+        if self.statuses:
+            where.append(f"c.status IN ({', '.join('?' * len(self.statuses))})")
+            params += list(self.statuses)
+        if self.command_type:
+            where.append("c.command_type = ?")
+            params.append(self.command_type)
+        if self.parent:
+            where.append("c.parent_id = ?")
+            params.append(self.parent)
+        if self.entity:
+            where.append(
+                "c.command_id IN (SELECT command_id FROM proj_command_entities WHERE entity_type = ? AND entity_id = ?)"
+            )
+            params += [self.entity.type.value, self.entity.id]
+        if self.in_flight:
+            where.append(IN_FLIGHT)
+        if not self.include_children and not self.parent:
+            where.append("c.parent_id IS NULL")
+        if self.created_from:
+            where.append("c.created_at >= ?")
+            params.append(self.created_from)
+        if self.created_before:
+            where.append("c.created_at < ?")
+            params.append(self.created_before)
+        return where, params
 
 
 def _entity_row(r: tuple[object, ...]) -> EntityTaskRow:

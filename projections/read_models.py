@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from orchestrator.domain.model import LockMode
+from orchestrator.domain.model import LockMode, TaskStatus
 from orchestrator.errors import InputError
 from projections.statements import StatementBatch
 
@@ -40,6 +40,7 @@ LIFECYCLE_RANK = {
     "TasksEnded": 3,
     "EndActionStarted": 4,
     "Ended": 5,
+    "Terminated": 5,
     "TasksCleared": 6,
 }
 
@@ -136,6 +137,8 @@ class EntityTasks(ReadModel):
         elif event.kind == "TasksEnded":
             for item in event.ended:
                 out.update(t, "task_id", item["task_id"], status=item["status"])
+        elif event.kind == "Terminated":
+            _terminate_tasks(event, out, t)
         else:
             for task_id in _tasks_leaving(event):
                 out.delete(t, "task_id", task_id)
@@ -177,6 +180,8 @@ class ActiveTasks(ReadModel):
         elif event.kind == "TasksEnded":
             for item in event.ended:
                 out.update(t, "task_id", item["task_id"], status=item["status"])
+        elif event.kind == "Terminated":
+            _terminate_tasks(event, out, t)
         else:
             for task_id in _tasks_leaving(event):
                 out.delete(t, "task_id", task_id)
@@ -202,7 +207,10 @@ class Commands(ReadModel):
 
     def index_statements(self, suffix: str, index_suffix: str) -> list[str]:
         return [
-            f"CREATE INDEX IF NOT EXISTS proj_commands_root{index_suffix} ON proj_commands{suffix} (root_command_id)",
+            # With the status: "set running where root = ? and status = 'accepted'" must not pick the
+            # status index (every accepted command) on a store without statistics.
+            f"CREATE INDEX IF NOT EXISTS proj_commands_root_status{index_suffix}"
+            f" ON proj_commands{suffix} (root_command_id, status)",
             f"CREATE INDEX IF NOT EXISTS proj_commands_status{index_suffix} ON proj_commands{suffix} (status)",
             f"CREATE INDEX IF NOT EXISTS proj_commands_parent{index_suffix} ON proj_commands{suffix} (parent_id)",
             f"CREATE INDEX IF NOT EXISTS proj_commands_type{index_suffix} ON proj_commands{suffix} (command_type)",
@@ -264,6 +272,32 @@ class Commands(ReadModel):
             for child_id, outcome in event.children.items():
                 if child_id != root:
                     out.update(c, "command_id", child_id, status=outcome, ended_at=ended, outcome=outcome)
+        elif event.kind == "Terminated":
+            self._terminate(event, out, c, root)
+
+    @staticmethod
+    def _terminate(event: RawEvent, out: StatementBatch, c: str, root: str) -> None:
+        """The operator ended the command: it and its children not yet ended fail, flagged."""
+        ended = _iso(event.timestamp)
+        out.add(
+            f"UPDATE {c} SET status = 'failed', outcome = 'failed', ended_at = ? "
+            "WHERE root_command_id = ? AND ended_at IS NULL",
+            ended,
+            root,
+        )
+        out.update(c, "command_id", root, reason=f"terminated by the operator: {event.reason}")
+        out.keyed(f"UPDATE {c} SET flagged = 1 WHERE command_id {{match}}", root)
+        out.decrement(c, "command_id", root, "uncleared_tasks", len(event.data.get("never_submitted", ())))
+
+
+def _terminate_tasks(event: RawEvent, out: StatementBatch, table: str) -> None:
+    """Terminated: tasks no agent ever had leave the active views; the others failed, to be cleared."""
+    never = set(event.data.get("never_submitted", ()))  # version 1 did not say (its upcast: none)
+    for task_id in event.terminated:
+        if task_id in never:
+            out.delete(table, "task_id", task_id)
+        else:
+            out.update(table, "task_id", task_id, status=TaskStatus.FAILED.value)
 
 
 def _tasks_leaving(event: RawEvent) -> Iterable[str]:

@@ -38,9 +38,9 @@ ProgressCallback = Callable[[int, int], None]  # (position, head)
 
 
 class RebuildBusyError(OrchestratorError):
-    """Another rebuild or verification holds the store's rebuild lock."""
+    """Another rebuild, verification or prune holds the store's rebuild lock."""
 
-    exit_code = 11
+    exit_code = 13
 
 
 @dataclass

@@ -226,6 +226,15 @@ class RootCommand(Aggregate):
 
         reason: str
         terminated: list[str]
+        never_submitted: list[str]  # of those, the tasks no agent ever had (cleared at once)
+
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            """Version 1 did not say which tasks never reached the agent (read models then count them
+            as still to clear); the aggregate itself decides from its tasks either way."""
+            state["never_submitted"] = []
 
         def apply(self, aggregate: RootCommand) -> None:
             message = f"terminated by the operator: {self.reason}"
@@ -496,8 +505,13 @@ class RootCommand(Aggregate):
             raise CommandRefusedError(
                 f"command {self.id} has already ended ({self.status.value}); nothing to terminate"
             )
-        unfinished = [t.task_id for t in self.tasks.values() if not t.ended]
-        self.trigger_event(self.Terminated, reason=reason, terminated=unfinished)
+        unfinished = [t for t in self.tasks.values() if not t.ended]
+        self.trigger_event(
+            self.Terminated,
+            reason=reason,
+            terminated=[t.task_id for t in unfinished],
+            never_submitted=[t.task_id for t in unfinished if t.agent_task_id is None],
+        )
 
     def record_retry(self, command_id: UUID) -> None:
         self.trigger_event(self.RetriedAs, command_id=str(command_id))

@@ -9,11 +9,13 @@ concurrency check. Locks survive restarts because they are events.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from eventsourcing.domain import Aggregate
 
 from orchestrator.domain.model import (
+    DEFAULT_POOL,
     EntityRef,
     EntityType,
     ImageSetStatus,
@@ -22,6 +24,37 @@ from orchestrator.domain.model import (
     VmStatus,
     entity_aggregate_id,
 )
+
+S = TypeVar("S", bound=StrEnum)
+
+
+class StatusField(Generic[S]):
+    """A status kept in the aggregate's own attributes and always given back as its enum.
+
+    A snapshot restores an aggregate's attributes from JSON, where an enum is a plain
+    string; reading the status through this field makes it the enum again, whatever
+    restored it (and `is` comparisons keep working)."""
+
+    def __init__(self, enum: type[S]) -> None:
+        self.enum = enum
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, entity: None, owner: type) -> StatusField[S]: ...
+
+    @overload
+    def __get__(self, entity: object, owner: type) -> S: ...
+
+    def __get__(self, entity: object | None, owner: type) -> S | StatusField[S]:
+        if entity is None:
+            return self
+        return self.enum(entity.__dict__[self.name])
+
+    def __set__(self, entity: object, value: str) -> None:
+        entity.__dict__[self.name] = self.enum(value)
 
 
 class InventoryEntity(Aggregate):
@@ -103,6 +136,7 @@ class InventoryEntity(Aggregate):
 
 class StorageDomain(InventoryEntity):
     entity_type = EntityType.STORAGE_DOMAIN
+    status = StatusField(StorageDomainStatus)
 
     class StatusChanged(Aggregate.Event):
         status: str
@@ -115,15 +149,40 @@ class StorageDomain(InventoryEntity):
 
     def _init_attrs(self, attrs: dict[str, Any]) -> None:
         self.name: str = attrs.get("name", self.entity_id)
-        self.status = StorageDomainStatus(attrs.get("status", StorageDomainStatus.ACTIVE))
+        self.status = attrs.get("status", StorageDomainStatus.ACTIVE)
+        self.pool_id: str = attrs.get("pool_id", DEFAULT_POOL)  # its pool's agent runs its tasks
 
     def set_status(self, status: StorageDomainStatus) -> None:
         if status != self.status:
             self.trigger_event(self.StatusChanged, status=status.value)
 
 
+class StoragePool(InventoryEntity):
+    """A storage pool: its storage domains' tasks run on the pool's agent (its SPM host's, in the reference)."""
+
+    entity_type = EntityType.STORAGE_POOL
+
+    class AgentChanged(Aggregate.Event):
+        agent_url: str | None
+
+        def apply(self, aggregate: StoragePool) -> None:
+            aggregate.agent_url = self.agent_url
+
+    def __init__(self, entity_id: str, attrs: dict[str, Any]) -> None:  # eventsourcing needs it declared
+        super().__init__(entity_id, attrs)
+
+    def _init_attrs(self, attrs: dict[str, Any]) -> None:
+        self.name: str = attrs.get("name", self.entity_id)
+        self.agent_url: str | None = attrs.get("agent_url")
+
+    def set_agent(self, url: str | None) -> None:
+        if url != self.agent_url:
+            self.trigger_event(self.AgentChanged, agent_url=url)
+
+
 class Vm(InventoryEntity):
     entity_type = EntityType.VM
+    status = StatusField(VmStatus)
 
     class StatusChanged(Aggregate.Event):
         status: str
@@ -155,7 +214,7 @@ class Vm(InventoryEntity):
 
     def _init_attrs(self, attrs: dict[str, Any]) -> None:
         self.name: str = attrs.get("name", self.entity_id)
-        self.status = VmStatus(attrs.get("status", VmStatus.DOWN))
+        self.status = attrs.get("status", VmStatus.DOWN)
         self.disk_ids: list[str] = list(attrs.get("disk_ids", []))
         self.memory_volumes: list[list[str]] = []
         self.snapshot_ids: list[str] = []
@@ -207,6 +266,7 @@ class Disk(InventoryEntity):
 
 class Template(InventoryEntity):
     entity_type = EntityType.TEMPLATE
+    status = StatusField(ImageSetStatus)
 
     class Ready(Aggregate.Event):
         def apply(self, aggregate: Template) -> None:
@@ -219,7 +279,7 @@ class Template(InventoryEntity):
         self.name: str = attrs["name"]
         self.source_vm_id: str = attrs["source_vm_id"]
         self.images: list[list[str]] = [list(i) for i in attrs["images"]]  # [sd, image, volume]
-        self.status = ImageSetStatus(attrs.get("status", ImageSetStatus.LOCKED))
+        self.status = attrs.get("status", ImageSetStatus.LOCKED)
 
     def mark_ready(self) -> None:
         if self.status is not ImageSetStatus.OK:
@@ -228,6 +288,7 @@ class Template(InventoryEntity):
 
 class Snapshot(InventoryEntity):
     entity_type = EntityType.SNAPSHOT
+    status = StatusField(ImageSetStatus)
 
     class Ready(Aggregate.Event):
         def apply(self, aggregate: Snapshot) -> None:
@@ -240,7 +301,7 @@ class Snapshot(InventoryEntity):
         self.vm_id: str = attrs["vm_id"]
         self.description: str = attrs.get("description", "")
         self.volumes: dict[str, str] = dict(attrs["volumes"])  # disk id -> new volume
-        self.status = ImageSetStatus(attrs.get("status", ImageSetStatus.LOCKED))
+        self.status = attrs.get("status", ImageSetStatus.LOCKED)
 
     def mark_ready(self) -> None:
         if self.status is not ImageSetStatus.OK:
@@ -248,5 +309,5 @@ class Snapshot(InventoryEntity):
 
 
 ENTITY_CLASSES: dict[EntityType, type[InventoryEntity]] = {
-    cls.entity_type: cls for cls in (StorageDomain, Vm, Disk, Template, Snapshot)
+    cls.entity_type: cls for cls in (StoragePool, StorageDomain, Vm, Disk, Template, Snapshot)
 }

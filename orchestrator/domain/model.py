@@ -25,6 +25,7 @@ class EntityType(StrEnum):
     STORAGE_DOMAIN = "storage_domain"
     TEMPLATE = "template"
     SNAPSHOT = "snapshot"
+    STORAGE_POOL = "storage_pool"
 
 
 class LockMode(StrEnum):

@@ -11,13 +11,15 @@ Reverting tasks on the agent is the engine's part (see `revert_on_failure`).
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Protocol, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic_core import PydanticCustomError
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import InventoryEntity
@@ -30,11 +32,54 @@ from orchestrator.domain.model import (
     derive_id,
 )
 from orchestrator.domain.payloads import ChildRecord, TaskRecord
-from orchestrator.errors import CommandRefusedError, InvalidParametersError
+from orchestrator.errors import CommandRefusedError, InputError, InvalidParametersError
 
 MAX_PARAMS_BYTES = 16 * 1024
+MAX_NAME_CHARS = 64  # a template's name
+MAX_TEXT_CHARS = 200  # a description, a cancel or terminate reason
 
 EntityId = Annotated[str, StringConstraints(pattern=ENTITY_ID_PATTERN)]
+
+# Text a user gives that is stored and shown again (names, descriptions, reasons) must be one
+# inert line: no newline (it would forge an output line), no escape sequence (it would restyle or
+# rewrite a terminal), no other control character, no bidirectional override. The same set as
+# orchestrator/cli/terminal.py escapes when printing text stored before this check existed.
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character of `text` that may not be stored, described (None: the text is fine)."""
+    found = _UNSAFE_TEXT.search(text)
+    if found is None:
+        return None
+    names = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x1b": "an escape (ESC)"}
+    char = found.group()
+    kind = names.get(char, "a bidirectional control" if ord(char) > 0x9F else "a control character")
+    return f"{kind} (U+{ord(char):04X}) at character {found.start() + 1}"
+
+
+def check_user_text(text: str, what: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """Refuse, with one line, text that is too long or holds a control character; the text otherwise."""
+    if len(text) > max_chars:
+        raise InputError(f"{what} is {len(text)} characters long; the limit is {max_chars}")
+    problem = unsafe_character(text)
+    if problem is not None:
+        raise InputError(f"{what} contains {problem}; give one line of plain text")
+    return text
+
+
+def _refuse_unsafe(text: str) -> str:
+    problem = unsafe_character(text)
+    if problem is not None:
+        raise PydanticCustomError("unsafe_text", "must be one line of plain text, not {problem}", {"problem": problem})
+    return text
+
+
+# Free-text parameters of a flow: one line of plain text. A flow of one's own may combine
+# PlainText with limits of its own: Annotated[str, StringConstraints(max_length=...), PlainText].
+PlainText = AfterValidator(_refuse_unsafe)
+ShortName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS), PlainText]
+FreeText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS), PlainText]
 
 
 class FlowParams(BaseModel):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from pydantic import StringConstraints
+from typing import Any
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, Snapshot, StorageDomain, Vm
@@ -23,6 +21,7 @@ from orchestrator.flows.base import (
     EntityId,
     Flow,
     FlowParams,
+    FreeText,
     InventoryAccess,
     Plan,
     PlanContext,
@@ -36,7 +35,7 @@ R, W = LockMode.READ, LockMode.WRITE
 
 class CreateSnapshotParams(FlowParams):
     vm_id: EntityId
-    description: Annotated[str, StringConstraints(max_length=200)] = ""
+    description: FreeText = ""
 
 
 class CreateSnapshot(Flow):

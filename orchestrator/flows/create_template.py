@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from pydantic import StringConstraints
+from typing import Any
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Disk, StorageDomain, Template, Vm
@@ -18,6 +16,7 @@ from orchestrator.flows.base import (
     InventoryAccess,
     Plan,
     PlanContext,
+    ShortName,
     TaskPlan,
     require,
     uses,
@@ -28,7 +27,7 @@ R, W = LockMode.READ, LockMode.WRITE
 
 class CreateTemplateParams(FlowParams):
     vm_id: EntityId
-    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    name: ShortName
     target_storage_domain_id: EntityId | None = None
     template_id: EntityId | None = None
 
