@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from orchestrator.bootstrap import Orchestrator, build_engine, inspect
     from orchestrator.config import EngineSettings, load_engine_settings
     from orchestrator.domain.commands import RootCommand
-    from orchestrator.domain.model import EntityRef, EntityType, LockMode
+    from orchestrator.domain.model import DEFAULT_POOL, EntityRef, EntityType, LockMode
     from orchestrator.engine.task_manager import TaskManager
     from orchestrator.errors import OrchestratorError
     from orchestrator.flows.base import ChildPlan, Flow, FlowParams, InventoryAccess, Plan, PlanContext, TaskPlan
@@ -44,6 +44,7 @@ _EXPORTS = {
     "EngineSettings": "orchestrator.config",
     "load_engine_settings": "orchestrator.config",
     "RootCommand": "orchestrator.domain.commands",
+    "DEFAULT_POOL": "orchestrator.domain.model",
     "EntityRef": "orchestrator.domain.model",
     "EntityType": "orchestrator.domain.model",
     "LockMode": "orchestrator.domain.model",
@@ -62,6 +63,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DEFAULT_POOL",
     "AgentPort",
     "AgentTaskStatus",
     "CancelResult",

@@ -16,7 +16,7 @@ verdicts say what recovery would do); the CLI's error codes otherwise
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator.documents import CommandView, TaskView
 from orchestrator.domain.commands import RootCommand
+from orchestrator.domain.model import DEFAULT_POOL
 from orchestrator.domain.recovery import AgentView, Decision, decide
 from orchestrator.errors import NotFoundError
 from orchestrator.store import EventStore, StoreConfig, check_store, dialect_for, parse_store_url, store_url_from_env
@@ -39,6 +40,7 @@ EXIT_NEEDS_RECOVERY = 20
 class InspectedCommand(BaseModel):
     command_id: str
     flow: str
+    pool_id: str
     summary: str
     status: str
     verdict: str = Field(
@@ -59,8 +61,11 @@ class InspectionReport(BaseModel):
 
     store: str = Field(description="store URL, password hidden")
     log_head: int
-    agent_consulted: bool
+    agent_consulted: bool = Field(description="some pool's agent was read")
     agent_note: str
+    provisional_pools: list[str] = Field(
+        description="pools whose agent could not be read: their verdicts are provisional"
+    )
     commands: list[InspectedCommand]
     summary: dict[str, int] = Field(description="commands by verdict")
     exit_code: int
@@ -100,6 +105,9 @@ class ReadOnlyStore:
         except PersistenceError:
             return 0  # no events table yet: nothing was ever recorded
 
+    def in_flight_commands(self) -> list[RootCommand]:
+        return [c for c in self.store.load_commands(self.in_flight_ids()) if c.in_flight]
+
     def in_flight_ids(self) -> list[UUID]:
         """What recovery would load: the store's in-flight index (a store of an older layout: every root)."""
         try:
@@ -125,30 +133,38 @@ class ReadOnlyStore:
 
 @dataclass(frozen=True)
 class AgentReading:
-    """The agent's tasks as the inspection read them (None: not read), and a line saying how."""
+    """Each pool's agent's tasks as the inspection read them (a pool missing: not read), and a line on each."""
 
-    view: AgentView | None
-    note: str
+    views: dict[str, AgentView] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def note(self) -> str:
+        if not self.notes:
+            return "agent not consulted (--no-agent): verdicts that depend on the agent are provisional"
+        if list(self.notes) == [DEFAULT_POOL]:
+            return self.notes[DEFAULT_POOL]
+        return "; ".join(f"pool {pool}: {note}" for pool, note in sorted(self.notes.items()))
 
 
-NOT_CONSULTED = AgentReading(
-    None, "agent not consulted (--no-agent): verdicts that depend on the agent are provisional"
-)
+NOT_CONSULTED = AgentReading()
 
 
 def inspect_store(store: ReadOnlyStore, agent: AgentReading = NOT_CONSULTED) -> InspectionReport:
-    """Every root command in flight and the verdict recovery would reach, given what the agent holds."""
-    in_flight = [c for c in store.store.load_commands(store.in_flight_ids()) if c.in_flight]
-    agent_tasks, note = agent.view, agent.note
+    """Every root command in flight and the verdict recovery would reach, given what each pool's agent holds.
+
+    A command of a pool whose agent could not be read gets a provisional verdict."""
+    in_flight = store.in_flight_commands()
     inspected = []
     summary: dict[str, int] = {}
     for command in in_flight:
-        decision: Decision = decide(command, agent_tasks)
+        decision: Decision = decide(command, agent.views.get(command.pool_id))
         summary[decision.verdict.value] = summary.get(decision.verdict.value, 0) + 1
         inspected.append(
             InspectedCommand(
                 command_id=str(command.id),
                 flow=command.flow,
+                pool_id=command.pool_id,
                 summary=command.summary,
                 status=command.status.value,
                 verdict=decision.verdict.value,
@@ -166,8 +182,9 @@ def inspect_store(store: ReadOnlyStore, agent: AgentReading = NOT_CONSULTED) -> 
     return InspectionReport(
         store=store.config.redacted,
         log_head=store.head(),
-        agent_consulted=agent_tasks is not None,
-        agent_note=note,
+        agent_consulted=bool(agent.views),
+        agent_note=agent.note,
+        provisional_pools=sorted({c.pool_id for c in in_flight} - set(agent.views)),
         commands=inspected,
         summary=summary,
         exit_code=code,
@@ -215,6 +232,11 @@ def describe_event(event: Any) -> tuple[str, str]:
         return name, f"{event.outcome}: {event.reason}{reverted}" + ("; FLAGGED" if event.flagged else "")
     if isinstance(event, RootCommand.TasksCleared):
         return name, f"{len(event.task_ids)} task(s) cleared on the agent"
+    if isinstance(event, RootCommand.Terminated):
+        on_agent = len(event.terminated) - len(event.never_submitted)
+        return name, f"by the operator: {event.reason}; {len(event.terminated)} task(s) ended, {on_agent} to stop"
+    if isinstance(event, RootCommand.RetriedAs):
+        return name, f"retried as {event.command_id}"
     return name, ""
 
 

@@ -210,9 +210,11 @@ def test_locks_cli_lists_every_held_lock_with_its_mode_and_holder(
             "command_id": holder,
             "command_type": "CreateTemplate",
             "mode": "write",
+            "format": "orchestrator.lock/1",
         }
     ]
-    assert locks_json(store_url, agent_state, "--entity", "vm:vm-0999") == []
+    unknown = cli(store_url, agent_state, "locks", "--entity", "vm:vm-0999", "--json")
+    assert unknown.returncode == 6 and "vm-0999" in one_error_line(unknown), "an entity that does not exist"
     people = run_cli("--store", store_url, "locks", env=cli_env(COLUMNS="200"))
     assert people.returncode == 0 and "held locks" in people.stdout and holder in people.stdout
     bad = cli(store_url, agent_state, "locks", "--entity", "vm")

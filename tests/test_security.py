@@ -239,19 +239,15 @@ def test_ids_and_filters_with_sql_in_them_are_refused_or_match_nothing(
         (["list", "--entity", "vm:' OR 1=1 --"], 4),
         (["show", "x' OR '1'='1"], 6),
         (["inspect", "--command", "'; DROP TABLE stored_events; --"], 6),
+        # What names nothing that exists is said so (issue 16), never matched as SQL.
+        (["list", "--type", "RemoveVm' OR '1'='1", "--json"], 4),
+        (["list", "--parent", "x' OR 1=1 --", "--json"], 6),
+        (["list", "--type", "RemoveVm; DELETE FROM proj_commands", "--json"], 4),
+        (["entities", "--task", "' OR '1'='1", "--json"], 4),
     ):
         proc = cli(*args)
         assert proc.returncode == code, (args, proc.stderr)
         assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
-    for args, key in (
-        (["list", "--type", "RemoveVm' OR '1'='1", "--json"], "commands"),
-        (["list", "--parent", "x' OR 1=1 --", "--json"], "commands"),
-        (["list", "--type", "RemoveVm; DELETE FROM proj_commands", "--json"], "commands"),
-        (["entities", "--task", "' OR '1'='1", "--json"], "entities"),
-    ):
-        proc = cli(*args)
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)[key] == [], args
     wrong_schema = run_cli("--store", pg_schema_url("public;DROP SCHEMA public CASCADE"), "list")
     assert wrong_schema.returncode == 3 and "is not a plain lower-case identifier" in wrong_schema.stderr
     assert table_names(store_url) == tables

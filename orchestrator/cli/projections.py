@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import signal
+import logging
 import sys
-import threading
+import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from orchestrator.cli.context import JsonOpt, open_orchestrator, out, print_json
+from orchestrator.cli.context import JsonOpt, out, print_json, stderr_console
+from orchestrator.cli.stores import open_session
+from orchestrator.cli.terminal import printable
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from projections import ReadModel, ReadModelRunner
     from projections.runner import RebuildResult, VerifyResult
 
 app = typer.Typer(no_args_is_help=True, help="Read models: status, rebuild, verify, follow.")
+log = logging.getLogger("orchestrator")
 EXIT_DIFFERENCE = 10
 
 
@@ -27,18 +29,20 @@ def projections_status(as_json: JsonOpt = False) -> None:
     """Each projection's position, the log's head, and the lag."""
     from projections.documents import ProjectionStatusView
 
-    with open_orchestrator() as orch:
+    with open_session("read") as session:
         rows = [
             ProjectionStatusView(name=s.name, position=s.position, head=s.head, lag=s.lag)
-            for s in orch.read_models.runner.status()
+            for s in session.read_models.runner.status()
         ]
     if as_json:
         print_json(rows)
         return
-    table = Table("projection", "position", "head", "lag", title="projections")
+    from orchestrator.cli.render import table
+
+    shown = table("projection", "position", "head", "lag", title="projections")
     for r in rows:
-        table.add_row(r.name, str(r.position), str(r.head), str(r.lag))
-    out.print(table)
+        shown.add_row(r.name, str(r.position), str(r.head), str(r.lag))
+    out.print(shown)
 
 
 @app.command("rebuild")
@@ -47,26 +51,43 @@ def projections_rebuild(
     verify: Annotated[bool, typer.Option("--verify", help="compare a fresh build with the live view")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Rebuild read models from the whole log and swap them in (or --verify them; exit 10 on a difference)."""
+    """Rebuild read models from the whole log and swap them in, or --verify them against a fresh build.
+
+    Shows its progress on a terminal. Exit codes: 4 an unknown read model; 10 --verify found a
+    difference; 13 another rebuild, verification or prune is running.
+    """
     from projections import select_read_models
 
-    with open_orchestrator() as orch:
-        runner = orch.read_models.runner
-        chosen = select_read_models(names or [])
-        results = _with_progress(runner, chosen, verify, Console(file=sys.stderr) if as_json else out)
+    chosen = select_read_models(names or [])
+    with open_session("write") as session:
+        results = _with_progress(session.read_models.runner, chosen, verify, stderr_console())
     ok = _report(results, as_json)
     if not ok:
         raise typer.Exit(EXIT_DIFFERENCE)
 
 
 @app.command("run")
-def projections_run(interval: Annotated[float, typer.Option(min=0.01, max=3600)] = 0.2) -> None:
-    """Follow the log and keep every projection current (PostgreSQL: a process of its own)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with open_orchestrator() as orch:
-        orch.read_models.runner.follow(stop.is_set, interval)
+def projections_run(
+    interval: Annotated[
+        float, typer.Option(min=0.01, max=3600, help="seconds between looks at the log when it is idle")
+    ] = 0.2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Follow the log and keep every projection current until SIGINT/SIGTERM (PostgreSQL: a process of its own)."""
+    from orchestrator.cli.engine import StopSignals
+    from projections.documents import ProjectionsRunReport, ProjectionStatusView
+
+    logging.getLogger("orchestrator").setLevel(logging.INFO)
+    signals = StopSignals("the read models are left current up to the last batch")
+    started = time.monotonic()
+    with open_session("write") as session:
+        log.info("following the log of %s", session.config.redacted, extra={"event": "starting"})
+        session.read_models.runner.follow(signals.stop.is_set, interval)
+        status = session.read_models.runner.status()
+    if as_json:
+        views = [ProjectionStatusView(name=s.name, position=s.position, head=s.head, lag=s.lag) for s in status]
+        seconds = round(time.monotonic() - started, 3)
+        print_json(ProjectionsRunReport(signal=signals.received, seconds=seconds, projections=views))
 
 
 def _with_progress(
@@ -74,6 +95,8 @@ def _with_progress(
 ) -> list[RebuildResult | VerifyResult]:
     """Rebuild (or verify) each read model with a progress bar."""
     results: list[RebuildResult | VerifyResult] = []
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -82,6 +105,7 @@ def _with_progress(
         TimeElapsedColumn(),
         console=console,
         transient=False,
+        disable=not sys.stderr.isatty(),
     ) as progress:
         for model in chosen:
             verb = "verifying" if verify else "rebuilding"
@@ -123,7 +147,7 @@ def _report(results: list[RebuildResult | VerifyResult], as_json: bool) -> bool:
             else:
                 out.print(f"{r.name}: {len(r.differences)} difference(s) at event {r.position}:")
                 for d in r.differences:
-                    out.print(f"  {d}")
+                    out.print(f"  {printable(d)}")
         else:
             out.print(
                 f"{r.name}: rebuilt from {r.events:,} events in {r.seconds:.2f}s "
