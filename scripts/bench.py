@@ -3,30 +3,29 @@
     .venv/bin/python scripts/bench.py [--quick] [--backends sqlite,postgres] [--runs N]
                                       [--only SECTION,...] [--out bench-results/bench.json]
 
-Needs the `bench` extra (`pip install -e '.[bench]'`, which brings DBOS) and,
-for the PostgreSQL half, the server at ORCHESTRATOR_BENCH_PG (default
-postgresql://postgres@127.0.0.1:5432/test); each store is a fresh schema there,
-dropped at the end. Every figure is the median of `--runs` runs (3 by default;
---quick: 1 run of small sizes, for development). Prints Rich tables, writes
-JSON, and exits 1 if an invariant of DESIGN.md section 7 was broken in a
-throughput run. How each number is counted is printed with the tables.
+Needs the `bench` extra (`pip install -e '.[bench]'`, which brings DBOS) for
+the throughput and writecost sections and, for the PostgreSQL half, the server
+at ORCHESTRATOR_BENCH_PG (default postgresql://postgres@127.0.0.1:5432/test);
+each store is a fresh schema there, dropped at the end. Every figure is the
+median of `--runs` runs (3 by default; --quick: 1 run of small sizes, for
+development). Prints Rich tables, writes JSON, and exits 1 if an invariant of
+docs/invariants.md was broken in a throughput run. How each number is counted
+is printed with the tables.
 
-Sections: commit, throughput, writecost, cycle, rebuild, recovery, queries, profile.
+Sections: commit, throughput, network, writecost, cycle, rebuild, recovery, queries, profile, fleet;
+each is the module scripts/bench_SECTION.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -34,11 +33,34 @@ if str(REPO) not in sys.path:
 
 from rich.console import Console  # noqa: E402
 
-from scripts.bench_report import print_report, targets  # noqa: E402
-from scripts.bench_support import FULL, QUICK, Scratch, Sizes, median, postgres_problem, scratch_space  # noqa: E402
+from scripts.bench_plan import FULL, QUICK, SectionRun  # noqa: E402
+from scripts.bench_report import print_report  # noqa: E402
+from scripts.bench_results import merged, new_document, write  # noqa: E402
+from scripts.bench_stores import postgres_problem, scratch_space  # noqa: E402
+from scripts.bench_targets import targets  # noqa: E402
 
-SECTIONS = ("commit", "throughput", "writecost", "cycle", "rebuild", "recovery", "queries", "profile")
+# Each section, and the key of its results. A section's module is imported only when it runs
+# (throughput and writecost import DBOS).
+SECTIONS = {
+    "commit": "commit_rate",
+    "throughput": "throughput",
+    "network": "network",
+    "writecost": "write_cost",
+    "cycle": "cycle",
+    "rebuild": "rebuild",
+    "recovery": "recovery",
+    "queries": "queries",
+    "profile": "profile",
+    "fleet": "fleet",
+    "retention": "retention",
+    "takeover": "takeover",
+    "engines": "engines",
+}
 BACKENDS = ("sqlite", "postgres")
+
+
+class Section(Protocol):
+    def __call__(self, run: SectionRun) -> Any: ...
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,178 +83,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# ---- one backend ----------------------------------------------------------------------------------
+def section(name: str) -> Section:
+    run_section: Section = importlib.import_module(f"scripts.bench_{name}").run_section
+    return run_section
 
 
-class BackendBench:
-    """Every section for one backend; results are plain data for the JSON file and the tables."""
-
-    def __init__(self, scratch: Scratch, backend: str, sizes: Sizes, runs: int, console: Console, out: Path) -> None:
-        self.scratch = scratch
-        self.backend = backend
-        self.sizes = sizes
-        self.runs = runs
-        self.console = console
-        self.out = out
-        self.results: dict[str, Any] = {}
-
-    def say(self, text: str) -> None:
-        self.console.log(f"[{self.backend}] {text}")
-
-    def run(self, sections: list[str], checkpoint: Callable[[], None]) -> dict[str, Any]:
-        """Run the sections; `checkpoint` is called after each (the JSON is rewritten as results come)."""
-        for section in sections:
-            started = time.perf_counter()
-            load_before = os.getloadavg()[0]
-            getattr(self, f"section_{section}")()
-            self.results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - started, 1)
-            self.results.setdefault("load_average_1min", {})[section] = [load_before, os.getloadavg()[0]]
-            checkpoint()
-        return self.results
-
-    def section_commit(self) -> None:
-        from scripts.bench_queries import commit_rate
-
-        rates = [commit_rate(self.scratch, self.backend, self.sizes.commit_samples) for _ in range(self.runs)]
-        self.results["commit_rate"] = median(rates)
-        self.say(f"raw commit rate {median(rates):,.0f}/s")
-
-    def section_throughput(self) -> None:
-        from scripts.bench_throughput import throughput_level
-
-        self.results["throughput"] = [
-            throughput_level(self.scratch, self.backend, n, self.sizes.commands[n], self.runs, self.say)
-            for n in self.sizes.levels
-        ]
-
-    def section_writecost(self) -> None:
-        from scripts.bench_throughput import write_cost
-
-        self.results["write_cost"] = write_cost(self.scratch, self.backend, self.sizes.write_cost_commands, self.runs)
-        self.say("write cost counted")
-
-    def section_cycle(self) -> None:
-        from scripts.bench_engine import run_cycle_cost
-
-        out = []
-        for commands in self.sizes.cycle_commands:
-            costs = run_cycle_cost(self.scratch, self.backend, commands, task_seconds=1.0 + commands / 100)
-            out.append({"commands": commands, "idle": asdict(costs[1]), "busy": asdict(costs[-1])})
-        self.results["cycle"] = out
-        self.say("poll cycle cost counted")
-
-    def section_rebuild(self) -> None:
-        from scripts.bench_engine import run_rebuild
-
-        level = 100
-        runs = [run_rebuild(self.scratch, self.backend, level, self.sizes.commands[level]) for _ in range(self.runs)]
-        self.results["rebuild"] = {
-            name: {k: median([r[name][k] for r in runs]) for k in runs[0][name]} for name in runs[0]
-        }
-        self.say("rebuild timed")
-
-    def section_recovery(self) -> None:
-        from scripts.bench_throughput import recovery
-
-        self.results["recovery"] = recovery(self.scratch, self.backend, self.sizes, self.runs, self.say)
-
-    def section_queries(self) -> None:
-        from scripts.bench_queries import run_queries
-
-        result = run_queries(self.scratch, self.backend, self.sizes.query_rows, self.sizes.query_samples, self.runs)
-        self.results["queries"] = result
-        self.say("entity queries timed")
-
-    def section_profile(self) -> None:
-        from scripts.bench_engine import run_profile
-
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        prof = self.out.parent / f"profile-{self.backend}.prof"
-        seconds, own, total = run_profile(self.scratch, self.backend, 100, self.sizes.profile_commands, prof)
-        self.results["profile"] = {
-            "in_flight": 100,
-            "commands": self.sizes.profile_commands,
-            "seconds": seconds,
-            "file": str(prof),
-            "by_own_time": [asdict(h) for h in own],
-            "repo_by_total_time": [asdict(h) for h in total],
-        }
-        self.say(f"profiled ({prof})")
+def run_sections(run: SectionRun, sections: list[str], results: dict[str, Any], checkpoint: Callable[[], None]) -> None:
+    """Run the sections on one backend into `results`; `checkpoint` after each (the JSON is rewritten as they come)."""
+    for name in sections:
+        started = time.perf_counter()
+        load_before = os.getloadavg()[0]
+        results[SECTIONS[name]] = section(name)(run)
+        results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - started, 1)
+        results.setdefault("load_average_1min", {})[name] = [load_before, os.getloadavg()[0]]
+        checkpoint()
 
 
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def report_only(console: Console, paths: list[Path]) -> int:
-    """Print earlier results; a later file's sections replace an earlier one's."""
-    doc: dict[str, Any] = {"backends": {}}
-    commands = []
-    for path in paths:
-        part = json.loads(path.read_text())
-        for backend, results in part["backends"].items():
-            doc["backends"].setdefault(backend, {}).update(results)
-        doc |= {k: v for k, v in part.items() if k != "backends"}
-        commands.append(part["command"])
-    doc["command"] = " ; ".join(commands)
-    doc["targets"] = targets(doc["backends"])
-    print_report(console, doc)
-    return 0
-
-
-def _head_commit() -> str:
-    """The engine's commit measured (the working tree may hold uncommitted changes besides)."""
-    head = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return head.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
-
-
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_plain(doc), indent=2, default=str))
-
-
-# ---- main ----------------------------------------------------------------------------------------------
+def sayer(console: Console, backend: str) -> Callable[[str], None]:
+    return lambda text: console.log(f"[{backend}] {text}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=max(Console().width, 190))
     if args.report:
-        return report_only(console, args.report)
+        print_report(console, merged(args.report))
+        return 0
     sizes = QUICK if args.quick else FULL
     if "postgres" in args.backend_list and (problem := postgres_problem()):
         console.print(f"[red]PostgreSQL is not reachable ({problem}); run with --backends sqlite[/]")
         return 2
-    doc: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
-        "runs": args.runs,
-        "sizes": asdict(sizes),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
-        "commit": _head_commit(),
-        "backends": {},
-    }
+    doc = new_document(args.quick, args.runs, sizes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with scratch_space() as scratch:
         for backend in args.backend_list:
-            bench = BackendBench(scratch, backend, sizes, args.runs, console, args.out)
-            doc["backends"][backend] = bench.results
-            bench.run(args.sections, lambda: _write(args.out, doc))
+            run = SectionRun(scratch, backend, sizes, args.runs, sayer(console, backend), args.out.parent)
+            run_sections(run, args.sections, doc["backends"].setdefault(backend, {}), lambda: write(args.out, doc))
     doc["targets"] = targets(doc["backends"])
-    _write(args.out, doc)
+    write(args.out, doc)
     print_report(console, doc)
     console.print(f"JSON written to {args.out}")
     broken = [v for b in doc["backends"].values() for level in b.get("throughput", []) for v in level["violations"]]

@@ -25,9 +25,12 @@ from dataclasses import dataclass
 
 from dbos import DBOS, DBOSConfig
 
-from orchestrator.agent.port import TaskSpec
+from orchestrator import TaskSpec
 from orchestrator.testing import SimulatedAgent
-from scripts.bench_support import DISKS_PER_VM, PG_DSN, Scratch, Stopwatch, Store, TimedAgent, seed_agent_images
+from scripts.bench_agent import TimedAgent, seed_agent_images
+from scripts.bench_numbers import LifecycleRun, Stopwatch
+from scripts.bench_plan import DISKS_PER_VM
+from scripts.bench_stores import PG_DSN, Scratch, Store
 
 DIRECT_LIMIT = 100
 QUEUE_WORKERS = 50
@@ -89,16 +92,9 @@ def remove_vm_workflow(vm_number: int) -> str:
 
 
 @dataclass
-class DbosRun:
-    seconds: float
-    tasks: int
-    agent_seconds: float
+class DbosRun(LifecycleRun):
     mode: str
     succeeded: int
-
-    @property
-    def tasks_per_second(self) -> float:
-        return self.tasks / self.seconds
 
 
 def dbos_config(store: Store, pool_size: int) -> DBOSConfig:

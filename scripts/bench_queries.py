@@ -1,4 +1,4 @@
-"""Entity queries at 1,000,000 index rows, and the store's raw commit rate.
+"""Entity queries at 1,000,000 index rows: "does entity X have running tasks".
 
 The index rows are synthetic, inserted in bulk (COPY on PostgreSQL, one
 executemany on SQLite) into the real `proj_entity_tasks` of a fresh store:
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from orchestrator.bootstrap import Orchestrator
-from orchestrator.domain.model import EntityRef, EntityType
-from scripts.bench_support import PG_DSN, Scratch, Stopwatch, Store, median, percentile
+from orchestrator import EntityRef, EntityType, Orchestrator
+from scripts.bench_numbers import Stopwatch, median, percentile
+from scripts.bench_plan import SectionRun
+from scripts.bench_stores import PG_DSN, Scratch, Store
 
 ROWS_PER_TASK = 4
 DISKS_PER_QUERY_VM = 5
@@ -232,41 +233,7 @@ def run_queries(scratch: Scratch, backend: str, rows: int, samples: int, runs: i
         scratch.drop(store)
 
 
-# ---- the store's commit rate --------------------------------------------------------------------
-
-
-def commit_rate(scratch: Scratch, backend: str, samples: int) -> float:
-    """Single-row write transactions per second on the raw driver (the floor under any write path)."""
-    store = scratch.store(backend, "commit")
-    try:
-        if backend == "sqlite":
-            return _sqlite_commits(store, samples)
-        return _pg_commits(store, samples)
-    finally:
-        scratch.drop(store)
-
-
-def _sqlite_commits(store: Store, samples: int) -> float:
-    assert store.path is not None
-    conn = sqlite3.connect(store.path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")  # as eventsourcing sets it
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    watch = Stopwatch()
-    for i in range(samples):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO t VALUES (?, 'x')", (i,))
-        conn.execute("COMMIT")
-    seconds = watch.seconds
-    conn.close()
-    return samples / seconds
-
-
-def _pg_commits(store: Store, samples: int) -> float:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {store.schema}")
-        conn.execute(f"CREATE TABLE {store.schema}.t (id BIGINT PRIMARY KEY, v TEXT)")
-        watch = Stopwatch()
-        for i in range(samples):
-            with conn.transaction():
-                conn.execute(f"INSERT INTO {store.schema}.t VALUES (%s, 'x')", (i,), prepare=True)  # type: ignore[arg-type]
-        return samples / watch.seconds
+def run_section(run: SectionRun) -> dict[str, object]:
+    result = run_queries(run.scratch, run.backend, run.sizes.query_rows, run.sizes.query_samples, run.runs)
+    run.say("entity queries timed")
+    return result

@@ -22,31 +22,25 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from orchestrator.bootstrap import Orchestrator, build_engine
-from orchestrator.config import load_engine_settings
-from orchestrator.domain.commands import RootCommand
+from orchestrator import EntityRef, Orchestrator, PlanContext, RootCommand, TaskManager, load_engine_settings
 from orchestrator.domain.inventory import Disk, InventoryEntity, Vm
-from orchestrator.domain.model import CommandStatus, EntityRef, TaskStatus
-from orchestrator.engine.task_manager import TaskManager
+from orchestrator.domain.model import CommandStatus, TaskStatus
 from orchestrator.flows import get_flow
-from orchestrator.flows.base import PlanContext
-from orchestrator.testing import SEED_DOMAINS, SimulatedAgent
-from scripts.bench_support import DISKS_PER_VM, Scratch, Stopwatch, Store
+from orchestrator.testing import SimulatedAgent
+from scripts.bench_numbers import Stopwatch, median
+from scripts.bench_plan import DISKS_PER_VM, SectionRun
+from scripts.bench_stores import Scratch, Store
 
 TASK_SECONDS = 24 * 3600.0
 HISTORY_BATCH = 1000
-# VMs seeded per transaction. `Orchestrator.seed(10_000, 4)` saves 50,002 aggregates in one
-# transaction, and on PostgreSQL that save never returned (client in poll(), server in
-# ClientRead: a pipeline deadlock); so the benchmark seeds the same entities in batches.
-SEED_BATCH = 1000
 
 
 @dataclass
 class RecoveryStore:
     store: Store
     agent_state: Path
-    in_flight: int
     setup: dict[str, float] = field(default_factory=dict)
 
 
@@ -64,17 +58,17 @@ class RecoveryRun:
 
 def build_in_flight(scratch: Scratch, backend: str, commands: int) -> RecoveryStore:
     store = scratch.store(backend, "recovery")
-    rs = RecoveryStore(store, scratch.agent_path("recovery"), commands)
+    rs = RecoveryStore(store, scratch.agent_path("recovery"))
     orch = Orchestrator.open(store.url, agent_state=rs.agent_state, create=True)
     agent = SimulatedAgent.open(rs.agent_state, task_seconds=TASK_SECONDS)
     try:
-        seed_in_batches(orch, commands)
+        orch.seed(commands, DISKS_PER_VM)
         watch = Stopwatch()
         for n in range(1, commands + 1):
             orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"})
         rs.setup["accept_seconds"] = watch.seconds
         watch = Stopwatch()
-        _submit_everything(build_engine(orch, agent, load_engine_settings(submit_batch=1000)))
+        submit_everything(orch.engine(agent, load_engine_settings(submit_batch=1000)))
         rs.setup["engine_submit_seconds"] = watch.seconds
     finally:
         agent.close()
@@ -82,35 +76,7 @@ def build_in_flight(scratch: Scratch, backend: str, commands: int) -> RecoverySt
     return rs
 
 
-def seed_in_batches(orch: Orchestrator, vms: int) -> None:
-    """What `Orchestrator.seed(vms, 4)` makes (vm-0001..., 4 disks each on sd-1), 1,000 VMs a transaction."""
-    orch.seed(0, DISKS_PER_VM)  # the storage domains, here and on the agent
-    agent = orch.open_agent()
-    try:
-        for start in range(1, vms + 1, SEED_BATCH):
-            entities: list[InventoryEntity] = []
-            volumes: list[tuple[str, str, str]] = []
-            for n in range(start, min(vms, start + SEED_BATCH - 1) + 1):
-                entities += _seed_vm(n, volumes)
-            agent.backend.seed_storage(SEED_DOMAINS, volumes)
-            orch.store.app.save(*entities)
-    finally:
-        agent.close()
-
-
-def _seed_vm(n: int, volumes: list[tuple[str, str, str]]) -> list[InventoryEntity]:
-    vm_id = f"vm-{n:04d}"
-    disk_ids = [f"disk-{n:04d}-{k}" for k in range(1, DISKS_PER_VM + 1)]
-    out: list[InventoryEntity] = []
-    for k, disk_id in enumerate(disk_ids, start=1):
-        image, volume = f"img-{n:04d}-{k}", f"vol-{n:04d}-{k}-base"
-        out.append(Disk.register(disk_id, vm_id=vm_id, storage_domain_id="sd-1", image_id=image, volumes=[volume]))
-        volumes.append(("sd-1", image, volume))
-    out.append(Vm.register(vm_id, name=vm_id, status="up", disk_ids=disk_ids))
-    return out
-
-
-def _submit_everything(engine: TaskManager) -> None:
+def submit_everything(engine: TaskManager) -> None:
     engine.recover()
     while not all(
         c.status is CommandStatus.RUNNING and all(t.status is TaskStatus.RUNNING for t in c.tasks.values())
@@ -169,7 +135,7 @@ def add_history(rs: RecoveryStore, commands: int) -> None:
         watch = Stopwatch()
         for start in range(0, commands, HISTORY_BATCH):
             batch = [ended_command(n) for n in range(start + 1, min(commands, start + HISTORY_BATCH) + 1)]
-            orch.store.app.save(*batch)
+            orch.save(*batch)
         rs.setup["history_write_seconds"] = watch.seconds
         watch = Stopwatch()
         events = orch.read_models.runner.catch_up()
@@ -190,7 +156,7 @@ def time_recovery(rs: RecoveryStore) -> RecoveryRun:
     try:
         opened = watch.seconds
         started = time.perf_counter()
-        report = build_engine(orch, agent, load_engine_settings()).recover()
+        report = orch.engine(agent, load_engine_settings()).recover()
         seconds = time.perf_counter() - started
         head = orch.read_models.runner.head()
         orch.read_models.runner.catch_up()  # as the engine's first cycle would; not timed
@@ -199,3 +165,46 @@ def time_recovery(rs: RecoveryStore) -> RecoveryRun:
         orch.close()
     verdicts = Counter(d.verdict.value for d in report.decisions.values())
     return RecoveryRun(seconds, opened, len(report.decisions), dict(verdicts), head)
+
+
+def median_run(runs: list[RecoveryRun]) -> dict[str, Any]:
+    return {
+        "recover_seconds": median([r.recover_seconds for r in runs]),
+        "open_seconds": median([r.open_seconds for r in runs]),
+        "decided": min(r.decided for r in runs),
+        "verdicts": runs[0].verdicts,
+        "log_events": runs[0].log_events,
+        "runs": [r.recover_seconds for r in runs],
+    }
+
+
+def run_section(run: SectionRun) -> dict[str, Any]:
+    """Recovery alone, and with history, each on its own store built the same way.
+
+    Every timed recovery records a `Recovered` event on each command, so runs on one store
+    replay more events each time; two stores keep the two figures on equal commands.
+    """
+    in_flight, history = run.sizes.recovery_in_flight, run.sizes.recovery_history
+    run.say(f"recovery: accepting and submitting {in_flight:,} commands")
+    rs = build_in_flight(run.scratch, run.backend, in_flight)
+    try:
+        alone = median_run([time_recovery(rs) for _ in range(run.runs)])
+    finally:
+        run.scratch.drop(rs.store)
+    run.say(f"recovery of {in_flight:,} in flight: {alone['recover_seconds']:.2f}s")
+    run.say(f"recovery: a second store, with {history:,} ended commands of history")
+    rs = build_in_flight(run.scratch, run.backend, in_flight)
+    try:
+        add_history(rs, history)
+        with_history = median_run([time_recovery(rs) for _ in range(run.runs)])
+        run.say(f"recovery with history: {with_history['recover_seconds']:.2f}s")
+    finally:
+        run.scratch.drop(rs.store)
+    return {
+        "in_flight": in_flight,
+        "history": history,
+        "setup": rs.setup,
+        "alone": alone,
+        "with_history": with_history,
+        "ratio": with_history["recover_seconds"] / alone["recover_seconds"],
+    }

@@ -1,13 +1,16 @@
-"""The benchmark's tables, its verdict on each issue-6 target, and how each number was counted."""
+"""The benchmark's tables, and how each number was counted."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+from scripts.bench_numbers import figure
+from scripts.bench_numbers import median as median_of
+from scripts.bench_targets import paired_ratio
 
 HOW_COUNTED = """\
 [b]Throughput[/]: RemoveVm commands of 4 disks; the clock runs from the first accept to the last clear. Ours: one
@@ -23,85 +26,29 @@ connection to the store file (eventsourcing's pool, the read models, DBOS's SQLA
 psycopg's Cursor.execute/executemany (one per parameter set) and the ends of transactions (pg_stat_statements is
 not loaded on the shared server). BEGIN/COMMIT/ROLLBACK are not statements; a write transaction is a committed one
 that ran an INSERT/UPDATE/DELETE (or eventsourcing's insert function). Our transactions split into accepts (1 per
-command), engine saves (TaskManager.store_transactions) and projection catch-ups (the rest). DBOS's figures include
-its background threads over the run.
+command), engine saves (the store transactions of its cycles) and projection catch-ups (the rest). DBOS's figures
+include its background threads over the run.
 [b]Poll cycle[/]: one TaskManager.cycle(), counted the same way; idle = tasks running on the agent, nothing changed.
+[b]HTTP agent[/]: the throughput loop with the agent served by `orchestrator agent serve` on loopback (JSON-RPC, every
+answer validated) instead of called in this process; pairs run back to back.
+[b]Fleet[/]: N agents in one server process (own paths), every task running; an idle cycle polls all at once and
+writes nothing; the busy cycle follows 10% of the tasks ending; RSS is the engine's process (it did nothing else).
 [b]Recovery[/]: see scripts/bench_recovery.py: real in-flight commands, history written through the real aggregates.
 [b]Queries[/]: synthetic rows bulk-loaded into proj_entity_tasks (scripts/bench_queries.py); "api" is
 ReadModelQueries.has_running_tasks (a read transaction per question), "bare" the same SELECT on one open connection.
+[b]Retention[/]: a history of ended RemoveVm commands (6 events each, written through the real aggregates) beside
+real commands in flight; orchestrator.retention.prune (with an archive) takes the oldest 90%; recovery, "has running
+tasks" (in-flight and absent VMs) and an idle cycle, before and after; the store's bytes: the SQLite file after a WAL
+checkpoint (and VACUUM), PostgreSQL's pg_total_relation_size over the schema (and after VACUUM FULL).
+[b]Takeover[/] (PostgreSQL): two engine processes, defaults but the lease timeout; one pinned to a pool with one
+RemoveVm in flight is SIGKILLed or SIGSTOPped; from the signal to the standby's first Recovered event of that command
+(its timestamp; same host clock), and to its acquired_at of the lease (scripts/bench_takeover.py).
+[b]Engines[/] (PostgreSQL): N engine processes share 4 pools with an agent server each, plus the default pool (poll
+interval 0.05 s); RemoveVm commands of 4 disks spread over the pools, from the first accept to none in flight. Lease
+cost: idle engines with default settings on a server of our own logging every statement; the statements and commits
+of the lease connections (application name orchestrator-lease: heartbeat and rebalance) over a window, per engine;
+the event store's connections beside them (scripts/bench_engines.py).
 """
-
-
-def paired_ratio(level: dict[str, Any]) -> float:
-    """Median of run-by-run ratios (each run of ours beside the DBOS run right after it)."""
-    pairs = zip(level["runs"]["ours_tasks_per_second"], level["runs"]["dbos_tasks_per_second"], strict=True)
-    return float(statistics.median(float(o) / float(d) for o, d in pairs))
-
-
-def _f(value: float, digits: int = 0) -> str:
-    return f"{value:,.{digits}f}"
-
-
-def _yes(ok: bool) -> str:
-    return "[green]met[/]" if ok else "[red]missed[/]"
-
-
-# ---- targets -------------------------------------------------------------------------------------------
-
-
-def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for backend, r in backends.items():
-        for level in r.get("throughput", []):
-            out.append(
-                {
-                    "target": f"lifecycle throughput >= 10x DBOS, {level['in_flight']} in flight",
-                    "backend": backend,
-                    "figure": f"paired {paired_ratio(level):.2f}x, medians {level['ratio']:.2f}x "
-                    f"({_f(level['ours_tasks_per_second'])} vs {_f(level['dbos_tasks_per_second'])} tasks/s)",
-                    "met": min(paired_ratio(level), level["ratio"]) >= 10,
-                }
-            )
-        for c in r.get("cycle", [])[:1]:
-            idle = c["idle"]
-            out.append(
-                {
-                    "target": "idle poll cycle: 1 agent call, 0 store writes",
-                    "backend": backend,
-                    "figure": f"{idle['agent_calls']} agent call(s), {idle['sql_writes']:.0f} SQL writes, "
-                    f"{idle['engine_transactions']} engine transactions",
-                    "met": idle["agent_calls"] == 1 and idle["sql_writes"] == 0 and idle["engine_transactions"] == 0,
-                }
-            )
-        if rec := r.get("recovery"):
-            alone, hist = rec["alone"]["recover_seconds"], rec["with_history"]["recover_seconds"]
-            out.append(
-                {
-                    "target": f"recovery of {rec['in_flight']:,} in flight < 5 s"
-                    + (" (target set for PostgreSQL)" if backend != "postgres" else ""),
-                    "backend": backend,
-                    "figure": f"{alone:.2f} s",
-                    "met": alone < 5,
-                }
-            )
-            out.append(
-                {
-                    "target": f"... with {rec['history']:,} ended in history <= 1.2x",
-                    "backend": backend,
-                    "figure": f"{hist:.2f} s ({rec['ratio']:.2f}x)",
-                    "met": rec["ratio"] <= 1.2,
-                }
-            )
-        if q := r.get("queries"):
-            out.append(
-                {
-                    "target": f"'has running tasks' p99 < 1 ms at {q['rows']:,} rows",
-                    "backend": backend,
-                    "figure": f"p99 {q['api']['p99_ms']:.3f} ms (p50 {q['api']['p50_ms']:.3f} ms)",
-                    "met": q["api"]["p99_ms"] < 1,
-                }
-            )
-    return out
 
 
 # ---- tables ----------------------------------------------------------------------------------------------
@@ -117,21 +64,65 @@ def _throughput_table(backends: dict[str, Any]) -> Table:
         for lv in r.get("throughput", []):
             t.add_row(
                 backend,
-                _f(lv["in_flight"]),
-                _f(lv["commands"]),
-                _f(lv["ours_tasks_per_second"]),
-                _f(lv["dbos_tasks_per_second"]),
+                figure(lv["in_flight"]),
+                figure(lv["commands"]),
+                figure(lv["ours_tasks_per_second"]),
+                figure(lv["dbos_tasks_per_second"]),
                 f"{lv['ratio']:.2f}x",
                 f"{paired_ratio(lv):.2f}x",
-                f"{_f(lv['ours_batched_tasks_per_second'])} ({lv['batched_ratio']:.2f}x)"
+                f"{figure(lv['ours_batched_tasks_per_second'])} ({lv['batched_ratio']:.2f}x)"
                 if "batched_ratio" in lv
                 else "-",
                 lv["dbos_mode"],
-                _f(lv["ours_tasks_per_second_without_agent"]),
-                _f(lv["dbos_tasks_per_second_without_agent"]),
+                figure(lv["ours_tasks_per_second_without_agent"]),
+                figure(lv["dbos_tasks_per_second_without_agent"]),
                 f"{lv['ours_accept_share']:.0%}",
-                _f(lv["max_projection_lag_events"]),
-                "[green]all 7 hold[/]" if not lv["violations"] else f"[red]{len(lv['violations'])} broken[/]",
+                figure(lv["max_projection_lag_events"]),
+                "[green]all hold[/]" if not lv["violations"] else f"[red]{len(lv['violations'])} broken[/]",
+            )
+    return t
+
+
+def _network_table(backends: dict[str, Any]) -> Table:
+    t = Table(title="Lifecycle throughput, agent over HTTP vs in this process, tasks/s (medians)")
+    for col in ("store", "in flight", "cmds", "in-process", "HTTP", "HTTP/in-process", "paired", "agent share (HTTP)"):
+        t.add_column(col, justify="left" if col == "store" else "right")
+    t.add_column("invariants")
+    for backend, r in backends.items():
+        for lv in r.get("network", []):
+            t.add_row(
+                backend,
+                figure(lv["in_flight"]),
+                figure(lv["commands"]),
+                figure(lv["in_process_tasks_per_second"]),
+                figure(lv["http_tasks_per_second"]),
+                f"{lv['ratio']:.0%}",
+                f"{lv['paired_ratio']:.0%}",
+                f"{lv['http_agent_share']:.0%}",
+                "[green]all hold[/]" if not lv["violations"] else f"[red]{len(lv['violations'])} broken[/]",
+            )
+    return t
+
+
+def _fleet_table(backends: dict[str, Any]) -> Table:
+    t = Table(title="One poll cycle at scale: every agent polled at once (medians)")
+    for col in ("store", "agents", "tasks in flight", "idle cycle s", "agent calls", "store tx"):
+        t.add_column(col, justify="left" if col == "store" else "right")
+    for col in ("cycle with 10% ended s", "tasks ended", "RSS MiB", "peak RSS MiB"):
+        t.add_column(col, justify="right")
+    for backend, r in backends.items():
+        if f := r.get("fleet"):
+            t.add_row(
+                backend,
+                figure(f["agents"]),
+                figure(f["tasks_in_flight"]),
+                f"{f['idle_seconds']:.3f}",
+                figure(f["idle"][0]["agent_calls"]),
+                figure(f["idle"][0]["store_transactions"]),
+                f"{f['busy_seconds']:.3f}",
+                figure(median_of([b["tasks_ended"] for b in f["busy"]])),
+                figure(f["rss_in_flight_mib"]),
+                figure(f["peak_rss_mib"]),
             )
     return t
 
@@ -140,34 +131,33 @@ def _write_cost_table(backends: dict[str, Any]) -> Table:
     t = Table(title="Write cost (medians)")
     for col in ("store", "system", "unit", "events", "write tx", "SQL statements", "SQL writes", "all tx"):
         t.add_column(col, justify="left" if col in ("store", "system", "unit") else "right")
+    units = [("ours", "task", "task"), ("ours", "command", "command")]
+    units += [("DBOS", "task", "task"), ("DBOS", "step", "step"), ("DBOS", "workflow (command)", "workflow")]
     for backend, r in backends.items():
-        wc = r.get("write_cost")
-        if not wc:
+        if not (wc := r.get("write_cost")):
             continue
-        ours, dbos = wc["ours"], wc["dbos"]
-        for unit in ("task", "command"):
+        for system, unit, key in units:
+            x = wc["ours" if system == "ours" else "dbos"]
             t.add_row(
                 backend,
-                "ours",
+                system,
                 f"per {unit}",
-                f"{ours[f'events_per_{unit}']:.2f}",
-                f"{ours[f'write_transactions_per_{unit}']:.2f}",
-                f"{ours[f'statements_per_{unit}']:.1f}",
-                f"{ours[f'writes_per_{unit}']:.1f}",
-                f"{ours[f'transactions_per_{unit}']:.2f}",
-            )
-        for unit, key in (("task", "task"), ("step", "step"), ("workflow (command)", "workflow")):
-            t.add_row(
-                backend,
-                "DBOS",
-                f"per {unit}",
-                "-",
-                f"{dbos[f'write_transactions_per_{key}']:.2f}",
-                f"{dbos[f'statements_per_{key}']:.1f}",
-                f"{dbos[f'writes_per_{key}']:.1f}",
-                f"{dbos[f'transactions_per_{key}']:.2f}",
+                f"{x[f'events_per_{key}']:.2f}" if system == "ours" else "-",
+                f"{x[f'write_transactions_per_{key}']:.2f}",
+                f"{x[f'statements_per_{key}']:.1f}",
+                f"{x[f'writes_per_{key}']:.1f}",
+                f"{x[f'transactions_per_{key}']:.2f}",
             )
     return t
+
+
+WRITE_ORIGINS = (
+    "command_events",
+    "inventory_events",
+    "accept_transactions",
+    "engine_transactions",
+    "projection_transactions",
+)
 
 
 def _write_split_table(backends: dict[str, Any]) -> Table:
@@ -176,15 +166,7 @@ def _write_split_table(backends: dict[str, Any]) -> Table:
         t.add_column(col, justify="right" if col != "store" else "left")
     for backend, r in backends.items():
         if wc := r.get("write_cost"):
-            o = wc["ours"]
-            t.add_row(
-                backend,
-                f"{o['command_events_per_command']:.2f}",
-                f"{o['inventory_events_per_command']:.2f}",
-                f"{o['accept_transactions_per_command']:.2f}",
-                f"{o['engine_transactions_per_command']:.2f}",
-                f"{o['projection_transactions_per_command']:.2f}",
-            )
+            t.add_row(backend, *(f"{wc['ours'][f'{key}_per_command']:.2f}" for key in WRITE_ORIGINS))
     return t
 
 
@@ -200,13 +182,13 @@ def _cycle_table(backends: dict[str, Any]) -> Table:
                 t.add_row(
                     backend,
                     f"{name} ({c['commands']} cmds held)",
-                    _f(x["tasks_changed"]),
-                    _f(x["agent_calls"]),
-                    _f(x["engine_transactions"]),
-                    _f(x["sql_write_transactions"]),
-                    _f(x["sql_writes"]),
-                    _f(x["sql_statements"]),
-                    _f(x["events"]),
+                    figure(x["tasks_changed"]),
+                    figure(x["agent_calls"]),
+                    figure(x["engine_transactions"]),
+                    figure(x["sql_write_transactions"]),
+                    figure(x["sql_writes"]),
+                    figure(x["sql_statements"]),
+                    figure(x["events"]),
                     f"{x['seconds'] * 1000:.1f}",
                 )
     return t
@@ -223,12 +205,12 @@ def _recovery_table(backends: dict[str, Any]) -> Table:
                 x = rec[label]
                 t.add_row(
                     backend,
-                    _f(rec["in_flight"]),
-                    _f(history),
-                    _f(x["log_events"]),
+                    figure(rec["in_flight"]),
+                    figure(history),
+                    figure(x["log_events"]),
                     f"{x['recover_seconds']:.2f}",
                     f"{x['open_seconds']:.2f}",
-                    _f(x["decided"]),
+                    figure(x["decided"]),
                     ", ".join(f"{n} {v}" for v, n in x["verdicts"].items()),
                 )
     return t
@@ -241,7 +223,7 @@ def _setup_table(backends: dict[str, Any]) -> Table:
     t.add_column("value", justify="right")
     for backend, r in backends.items():
         for key, value in (r.get("recovery") or {}).get("setup", {}).items():
-            t.add_row(backend, key.replace("_", " "), _f(value, 1))
+            t.add_row(backend, key.replace("_", " "), figure(value, 1))
     return t
 
 
@@ -256,7 +238,7 @@ def _query_table(backends: dict[str, Any]) -> Table:
                 kinds = ", ".join(f"{k} {v:.3f}" for k, v in x["by_kind_p99_ms"].items())
                 t.add_row(
                     backend,
-                    _f(q["rows"]),
+                    figure(q["rows"]),
                     path,
                     f"{x['p50_ms']:.3f}",
                     f"{x['p99_ms']:.3f}",
@@ -273,7 +255,7 @@ def _rebuild_table(backends: dict[str, Any]) -> Table:
         t.add_column(col, justify="left" if col in ("store", "projection") else "right")
     for backend, r in backends.items():
         for name, x in r.get("rebuild", {}).items():
-            t.add_row(backend, name, _f(x["events"]), f"{x['seconds']:.2f}", _f(x["events_per_second"]))
+            t.add_row(backend, name, figure(x["events"]), f"{x['seconds']:.2f}", figure(x["events_per_second"]))
         setup = (r.get("recovery") or {}).get("setup", {})
         if "history_catch_up_events_per_second" in setup:
             t.add_row(
@@ -281,10 +263,10 @@ def _rebuild_table(backends: dict[str, Any]) -> Table:
                 "all three, live catch-up of the history",
                 "-",
                 f"{setup['history_catch_up_seconds']:.1f}",
-                _f(setup["history_catch_up_events_per_second"]),
+                figure(setup["history_catch_up_events_per_second"]),
             )
         if "commit_rate" in r:
-            t.add_row(backend, "raw driver: 1-row write transactions", "-", "-", _f(r["commit_rate"]) + " tx/s")
+            t.add_row(backend, "raw driver: 1-row write transactions", "-", "-", figure(r["commit_rate"]) + " tx/s")
     return t
 
 
@@ -300,13 +282,119 @@ def _profile_tables(backends: dict[str, Any]) -> list[Table]:
             for col in ("function", "calls", "own s", "total s"):
                 t.add_column(col, justify="left" if col == "function" else "right")
             for h in p[key][:12]:
-                t.add_row(h["function"], _f(h["calls"]), f"{h['own_seconds']:.2f}", f"{h['total_seconds']:.2f}")
+                t.add_row(h["function"], figure(h["calls"]), f"{h['own_seconds']:.2f}", f"{h['total_seconds']:.2f}")
             out.append(t)
     return out
 
 
+def _skipped_rows(t: Table, backends: dict[str, Any], key: str) -> None:
+    """A row per backend where the section was skipped, saying why."""
+    for backend, r in backends.items():
+        if isinstance(r.get(key), dict) and "skipped" in r[key]:
+            t.add_row(backend, f"skipped: {r[key]['skipped']}", *([""] * (len(t.columns) - 2)))
+
+
+def _takeover_table(backends: dict[str, Any]) -> Table:
+    t = Table(title="Takeover: from an engine's SIGKILL or SIGSTOP to the standby's first Recovered event (seconds)")
+    for col in ("store", "engine", "lease timeout s", "trials", "median", "worst", "best", "median to lease"):
+        t.add_column(col, justify="left" if col in ("store", "engine") else "right")
+    for backend, r in backends.items():
+        for row in (r.get("takeover") or {}).get("rows", []):
+            t.add_row(
+                backend,
+                "killed (SIGKILL)" if row["kind"] == "kill" else "frozen (SIGSTOP)",
+                f"{row['lease_timeout']:g}",
+                figure(row["trials"]),
+                f"{row['median_seconds']:.2f}",
+                f"{row['worst_seconds']:.2f}",
+                f"{row['best_seconds']:.2f}",
+                f"{row['median_to_lease_seconds']:.2f}",
+            )
+    _skipped_rows(t, backends, "takeover")
+    return t
+
+
+def _engines_table(backends: dict[str, Any]) -> Table:
+    t = Table(title="Lifecycle throughput with several engine processes on one database (medians)")
+    for col in ("store", "engines", "commands", "tasks/s", "commands/s", "vs 1 engine", "seconds", "invariants"):
+        t.add_column(col, justify="left" if col in ("store", "invariants") else "right")
+    for backend, r in backends.items():
+        for lv in (r.get("engines") or {}).get("throughput", []):
+            t.add_row(
+                backend,
+                figure(lv["engines"]),
+                figure(lv["commands"]),
+                figure(lv["tasks_per_second"]),
+                figure(lv["commands_per_second"]),
+                f"{lv['speedup']:.2f}x",
+                f"{lv['seconds']:.2f}",
+                "[green]all hold[/]" if not lv["violations"] else f"[red]{len(lv['violations'])} broken[/]",
+            )
+    _skipped_rows(t, backends, "engines")
+    return t
+
+
+def _lease_cost_table(backends: dict[str, Any]) -> Table:
+    t = Table(title="The leases' own cost, idle engines with default settings (per engine, and per cycle)")
+    cols = ("store", "engines", "pools", "lease stmts/s", "lease tx/s", "beats/s", "rebalances/s", "stmts/beat")
+    for col in (*cols, "stmts/rebalance", "tx/rebalance", "store stmts/s", "store tx/s"):
+        t.add_column(col, justify="left" if col == "store" else "right")
+    for backend, r in backends.items():
+        for x in (r.get("engines") or {}).get("lease_cost", []):
+            t.add_row(
+                backend,
+                figure(x["engines"]),
+                figure(x["pools"]),
+                f"{x['statements_per_engine_second']:.2f}",
+                f"{x['transactions_per_engine_second']:.2f}",
+                f"{x['beats_per_engine_second']:.2f}",
+                f"{x['rebalances_per_engine_second']:.2f}",
+                f"{x['statements_per_beat']:.2f}",
+                f"{x['statements_per_rebalance']:.2f}",
+                f"{x['transactions_per_rebalance']:.2f}",
+                f"{x['store_statements_per_engine_second']:.2f}",
+                f"{x['store_transactions_per_engine_second']:.2f}",
+            )
+    return t
+
+
+def _retention_table(backends: dict[str, Any]) -> Table:
+    t = Table(title="Retention: a large history, before and after pruning 90% of it (medians)")
+    for col in ("store", "when", "events in log", "recover() s", "has running p50 ms", "p99 ms", "idle cycle ms"):
+        t.add_column(col, justify="left" if col in ("store", "when") else "right")
+    for col in ("store MiB", "prune"):
+        t.add_column(col, justify="right" if col != "prune" else "left")
+    for backend, r in backends.items():
+        if not (ret := r.get("retention")):
+            continue
+        p = ret["prune"]
+        for when in ("before", "after"):
+            x = ret[when]
+            mib = x["size"]["store_bytes"] / 2**20
+            vacuumed = ret["after_vacuum_size"]["store_bytes"] / 2**20
+            t.add_row(
+                backend,
+                f"{when} ({figure(ret['history_events'])} events of history)" if when == "before" else "after prune",
+                figure(x["log_events"]),
+                f"{x['recover_seconds']:.2f}",
+                f"{x['query_p50_ms']:.3f}",
+                f"{x['query_p99_ms']:.3f}",
+                f"{x['idle_cycle_seconds'] * 1000:.1f}",
+                f"{mib:,.1f}" if when == "before" else f"{mib:,.1f} ({vacuumed:,.1f} vacuumed)",
+                "-"
+                if when == "before"
+                else f"{figure(p['events'])} events in {p['seconds']:.1f}s ({figure(p['events_per_second'])}/s), "
+                f"archive {p['archive_bytes'] / 2**20:,.1f} MiB",
+            )
+    return t
+
+
+def _yes(ok: bool) -> str:
+    return "[green]met[/]" if ok else "[red]missed[/]"
+
+
 def _targets_table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="Issue 6 targets")
+    t = Table(title="Targets")
     for col in ("target", "store", "figure", "verdict"):
         t.add_column(col)
     for row in rows:
@@ -318,6 +406,7 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
     backends = doc["backends"]
     tables = [
         _throughput_table(backends),
+        _network_table(backends),
         _write_cost_table(backends),
         _write_split_table(backends),
         _cycle_table(backends),
@@ -326,6 +415,11 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
         _query_table(backends),
         _rebuild_table(backends),
         *_profile_tables(backends),
+        _fleet_table(backends),
+        _retention_table(backends),
+        _takeover_table(backends),
+        _engines_table(backends),
+        _lease_cost_table(backends),
         _targets_table(doc["targets"]),
     ]
     for table in tables:

@@ -1,31 +1,67 @@
-"""The comparative sections: throughput and write cost beside DBOS, and recovery, as medians."""
+"""Lifecycle throughput at each level of commands in flight: ours (one `submit` each, and `submit_many`) beside DBOS.
+
+Our runs and DBOS's are interleaved run by run, so a pair shares the machine's
+load; every run of ours ends with the invariants checked on its store.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from scripts.bench_dbos import STEPS_PER_WORKFLOW, RunHooks, run_dbos
-from scripts.bench_engine import run_throughput, run_write_cost
-from scripts.bench_recovery import RecoveryRun, add_history, build_in_flight, time_recovery
-from scripts.bench_sql import TallyWindow, sql_counting
-from scripts.bench_support import DISKS_PER_VM, Scratch, Sizes, median
+from orchestrator.domain.model import CommandStatus
+from orchestrator.testing import check_invariants
+from scripts.bench_dbos import run_dbos
+from scripts.bench_harness import Harness, harness, run_closed_loop
+from scripts.bench_numbers import LifecycleRun, median
+from scripts.bench_plan import DISKS_PER_VM, SectionRun
+from scripts.bench_stores import Scratch
 
-Say = Callable[[str], None]
+
+@dataclass
+class ThroughputRun(LifecycleRun):
+    accept_seconds: float
+    catch_up_seconds: float
+    cycles: int
+    max_lag: int
+    violations: list[str]
+    succeeded: int
 
 
-def throughput_level(
-    scratch: Scratch, backend: str, in_flight: int, commands: int, runs: int, say: Say
-) -> dict[str, Any]:
+def run_throughput(
+    scratch: Scratch, backend: str, in_flight: int, commands: int, *, batched: bool = False
+) -> ThroughputRun:
+    with harness(scratch, scratch.store(backend, f"tp{in_flight}"), commands) as h:
+        loop = run_closed_loop(h, in_flight, commands, batched=batched)
+        succeeded = sum(1 for i in loop.accepted_ids if h.orch.command(i).status is CommandStatus.SUCCEEDED)
+        return ThroughputRun(
+            seconds=loop.seconds,
+            tasks=loop.tasks,
+            agent_seconds=h.timed.busy_seconds,
+            accept_seconds=loop.accept_seconds,
+            catch_up_seconds=h.lag.catch_up_seconds,
+            cycles=loop.cycles,
+            max_lag=h.lag.max_lag,
+            violations=invariant_violations(h, loop.accepted_ids),
+            succeeded=succeeded,
+        )
+
+
+def invariant_violations(h: Harness, expected: list[Any]) -> list[str]:
+    results = check_invariants(h.orch, h.agent, expected_commands=expected)
+    return [f"{r.number}. {r.name}: {r.detail}" for r in results if not r.ok]
+
+
+def throughput_level(run: SectionRun, in_flight: int, commands: int) -> dict[str, Any]:
     """Ours and DBOS, interleaved run by run, `in_flight` commands at a time."""
+    scratch, backend = run.scratch, run.backend
     ours, batched, dbos = [], [], []
-    for run in range(1, runs + 1):
+    for n in range(1, run.runs + 1):
         ours.append(run_throughput(scratch, backend, in_flight, commands))
         batched.append(run_throughput(scratch, backend, in_flight, commands, batched=True))
-        store = scratch.store(backend, "dbos")
-        dbos.append(run_dbos(scratch, store, in_flight, commands))
-        say(
-            f"{in_flight:>5} in flight, run {run}: ours {ours[-1].tasks_per_second:,.0f} tasks/s "
+        dbos.append(run_dbos(scratch, scratch.store(backend, "dbos"), in_flight, commands))
+        run.say(
+            f"{in_flight:>5} in flight, run {n}: ours {ours[-1].tasks_per_second:,.0f} tasks/s "
             f"(batched accepts {batched[-1].tasks_per_second:,.0f}), "
             f"DBOS {dbos[-1].tasks_per_second:,.0f} tasks/s ({dbos[-1].mode})"
         )
@@ -40,12 +76,12 @@ def throughput_level(
         "ratio": ours_rate / dbos_rate,
         "ours_batched_tasks_per_second": median([r.tasks_per_second for r in batched]),
         "batched_ratio": median([r.tasks_per_second for r in batched]) / dbos_rate,
-        "ours_agent_share": median([r.agent_seconds / r.seconds for r in ours]),
-        "dbos_agent_share": median([r.agent_seconds / r.seconds for r in dbos]),
+        "ours_agent_share": median([r.agent_share for r in ours]),
+        "dbos_agent_share": median([r.agent_share for r in dbos]),
         "ours_accept_share": median([r.accept_seconds / r.seconds for r in ours]),
         "ours_catch_up_share": median([r.catch_up_seconds / r.seconds for r in ours]),
-        "ours_tasks_per_second_without_agent": median([r.tasks / (r.seconds - r.agent_seconds) for r in ours]),
-        "dbos_tasks_per_second_without_agent": median([r.tasks / (r.seconds - r.agent_seconds) for r in dbos]),
+        "ours_tasks_per_second_without_agent": median([r.tasks_per_second_without_agent for r in ours]),
+        "dbos_tasks_per_second_without_agent": median([r.tasks_per_second_without_agent for r in dbos]),
         "ours_cycles": median([r.cycles for r in ours]),
         "max_projection_lag_events": max(r.max_lag for r in ours),
         "dbos_mode": dbos[0].mode,
@@ -60,68 +96,5 @@ def throughput_level(
     }
 
 
-def dbos_write_cost(scratch: Scratch, backend: str, in_flight: int, commands: int) -> dict[str, float]:
-    store = scratch.store(backend, "dbos-wc")
-    counted: dict[str, float] = {}
-    with sql_counting([store.path] if store.path else []) as tally:
-        window = TallyWindow(tally)
-        run_dbos(scratch, store, in_flight, commands, RunHooks(window.open, lambda: counted.update(window.delta())))
-    steps = commands * STEPS_PER_WORKFLOW
-    out = {f"{k}_per_step": v / steps for k, v in counted.items()}
-    out |= {f"{k}_per_workflow": v / commands for k, v in counted.items()}
-    out |= {f"{k}_per_task": v / (commands * DISKS_PER_VM) for k, v in counted.items()}
-    return out
-
-
-def write_cost(scratch: Scratch, backend: str, commands: int, runs: int) -> dict[str, Any]:
-    in_flight = min(commands, 50)
-    ours = [run_write_cost(scratch, backend, in_flight, commands) for _ in range(runs)]
-    dbos = [dbos_write_cost(scratch, backend, in_flight, commands) for _ in range(runs)]
-    return {
-        "commands": commands,
-        "in_flight": in_flight,
-        "ours": {k: median([r[k] for r in ours]) for k in ours[0]},
-        "dbos": {k: median([r[k] for r in dbos]) for k in dbos[0]},
-    }
-
-
-def _recovery_median(runs: list[RecoveryRun]) -> dict[str, Any]:
-    return {
-        "recover_seconds": median([r.recover_seconds for r in runs]),
-        "open_seconds": median([r.open_seconds for r in runs]),
-        "decided": min(r.decided for r in runs),
-        "verdicts": runs[0].verdicts,
-        "log_events": runs[0].log_events,
-        "runs": [r.recover_seconds for r in runs],
-    }
-
-
-def recovery(scratch: Scratch, backend: str, sizes: Sizes, runs: int, say: Say) -> dict[str, Any]:
-    """Recovery alone, and with history, each on its own store built the same way.
-
-    Every timed recovery records a `Recovered` event on each command, so runs on one store
-    replay more events each time; two stores keep the two figures on equal commands.
-    """
-    say(f"recovery: accepting and submitting {sizes.recovery_in_flight:,} commands")
-    rs = build_in_flight(scratch, backend, sizes.recovery_in_flight)
-    try:
-        alone = _recovery_median([time_recovery(rs) for _ in range(runs)])
-    finally:
-        scratch.drop(rs.store)
-    say(f"recovery of {sizes.recovery_in_flight:,} in flight: {alone['recover_seconds']:.2f}s")
-    say(f"recovery: a second store, with {sizes.recovery_history:,} ended commands of history")
-    rs = build_in_flight(scratch, backend, sizes.recovery_in_flight)
-    try:
-        add_history(rs, sizes.recovery_history)
-        with_history = _recovery_median([time_recovery(rs) for _ in range(runs)])
-        say(f"recovery with history: {with_history['recover_seconds']:.2f}s")
-    finally:
-        scratch.drop(rs.store)
-    return {
-        "in_flight": sizes.recovery_in_flight,
-        "history": sizes.recovery_history,
-        "setup": rs.setup,
-        "alone": alone,
-        "with_history": with_history,
-        "ratio": with_history["recover_seconds"] / alone["recover_seconds"],
-    }
+def run_section(run: SectionRun) -> list[dict[str, Any]]:
+    return [throughput_level(run, n, run.sizes.commands[n]) for n in run.sizes.levels]

@@ -1,8 +1,11 @@
 """A short soak on both stores: the real `scripts/soak.py`, as a user runs it.
 
-Every cycle SIGKILLs the engine subprocess and restarts it, switches an agent fault on, and
-submits commands of every flow; at the end the script runs the engine until idle and checks the
-seven invariants. The test reads the script's JSON figures and checks them as a user would.
+Every cycle SIGKILLs the engine subprocess and restarts it, SIGKILLs the agent server (the agent
+is a process of its own, reached over HTTP) and restarts it, switches an agent fault on, and
+submits commands of every flow; at the end the script runs the engine until idle and checks
+every invariant. On PostgreSQL two engines run at once (`--engines 2`), sharing the pools under
+their leases, and each kill picks one of them. The test reads the script's JSON figures and
+checks them as a user would.
 
 Cancels (at random and racing a submission), engine starts that die inside recovery, and read-model
 rebuilds beside the engine (some killed midway) happen every cycle too. The reproduction below is of
@@ -59,8 +62,9 @@ def _soak(
 
 @pytest.mark.slow
 def test_short_soak_kills_the_engine_every_cycle_and_every_invariant_holds(
-    store_url: str, agent_state: Path, tmp_path: Path
+    backend: str, store_url: str, agent_state: Path, tmp_path: Path
 ) -> None:
+    engines = 2 if backend == "postgres" else 1  # SQLite runs one engine at a time
     proc, figures_path = _soak(
         store_url,
         agent_state,
@@ -68,7 +72,8 @@ def test_short_soak_kills_the_engine_every_cycle_and_every_invariant_holds(
         *("--cycles", str(CYCLES), "--seed", str(SEED), "--vms", "6", "--per-flow", "1"),
         *("--cycle-seconds", "1.2", "--kill-chance", "1", "--fault-chance", "1", "--cancel-chance", "0.5"),
         *("--race-cancel-chance", "1", "--recovery-crash-chance", "1", "--rebuild-chance", "1"),
-        *("--truth-every", "2", "--final-timeout", "60"),
+        *("--agent-server", "--agent-kill-chance", "1"),
+        *("--truth-every", "2", "--final-timeout", "60", "--engines", str(engines)),
     )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-4000:]
@@ -78,12 +83,15 @@ def test_short_soak_kills_the_engine_every_cycle_and_every_invariant_holds(
     figures: dict[str, Any] = json.loads(figures_path.read_text())
     assert figures["seed"] == SEED
     assert figures["violations"] == 0 and figures["problems"] == [], report[-4000:]
-    assert [r["number"] for r in figures["invariants"]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r["number"] for r in figures["invariants"]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert all(r["ok"] for r in figures["invariants"]), figures["invariants"]
-    # The engine really died every cycle (and once more before the final run), and came back.
+    # An engine really died every cycle (and each once more before the final run), and came back.
     assert figures["cycles"] == CYCLES
-    assert figures["kills"] >= CYCLES + 1
-    assert figures["engine_starts"] >= CYCLES + 1
+    assert figures["engines"] == engines
+    assert figures["kills"] >= CYCLES + engines
+    assert figures["engine_starts"] >= CYCLES + engines
+    if engines > 1:  # the engines took the pool over from one another, kill after kill
+        assert figures["lease_takes"] >= CYCLES, report[-4000:]
     # Every flow ran, and every accepted command ended.
     commands = figures["commands"]
     assert set(commands["submitted_by_flow"]) == {"RemoveVm", "HibernateVm", "CreateTemplate", "CreateSnapshot"}
@@ -95,6 +103,8 @@ def test_short_soak_kills_the_engine_every_cycle_and_every_invariant_holds(
     assert commands["cancels_racing_submission"] >= 1
     assert figures["recovery_crashes"] >= 1, "a start died in recovery (while the agent could answer)"
     assert sum(n for k, n in figures["rebuilds"].items() if k.endswith("started")) == CYCLES
+    # The agent was a server process over HTTP, SIGKILLed and restarted every cycle.
+    assert figures["agent_kills"] == CYCLES
     # Idle entities were compared with the agent while the engine ran, not only at the end.
     assert figures["truth_checks_mid_run"] == CYCLES // 2
     assert figures["idle_images_compared_mid_run"] > 0
@@ -112,6 +122,15 @@ def test_soak_refuses_an_unknown_fault_kind_in_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "unknown kind(s) meteor" in proc.stderr
+    assert not (tmp_path / "store.db").exists()
+
+
+def test_soak_refuses_several_engines_on_sqlite_in_one_line(tmp_path: Path) -> None:
+    proc, _ = _soak(
+        f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "agent.db", tmp_path, "--cycles", "1", "--engines", "2"
+    )
+    assert proc.returncode == 2
+    assert "--engines 2: a SQLite store runs one engine at a time" in proc.stderr
     assert not (tmp_path / "store.db").exists()
 
 

@@ -1,0 +1,119 @@
+"""The benchmark's verdict on each target (issues 6 and 13), from the results of every backend."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from scripts.bench_numbers import figure
+
+
+def paired_ratio(level: dict[str, Any]) -> float:
+    """Median of run-by-run ratios (each run of ours beside the DBOS run right after it)."""
+    pairs = zip(level["runs"]["ours_tasks_per_second"], level["runs"]["dbos_tasks_per_second"], strict=True)
+    return float(statistics.median(float(o) / float(d) for o, d in pairs))
+
+
+def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for backend, r in backends.items():
+        for level in r.get("throughput", []):
+            out.append(
+                {
+                    "target": f"lifecycle throughput >= 10x DBOS, {level['in_flight']} in flight",
+                    "backend": backend,
+                    "figure": f"paired {paired_ratio(level):.2f}x, medians {level['ratio']:.2f}x "
+                    f"({figure(level['ours_tasks_per_second'])} vs {figure(level['dbos_tasks_per_second'])} tasks/s)",
+                    "met": min(paired_ratio(level), level["ratio"]) >= 10,
+                }
+            )
+        for level in r.get("network", []):
+            out.append(
+                {
+                    "target": f"HTTP agent >= 70% of in-process throughput, {level['in_flight']} in flight",
+                    "backend": backend,
+                    "figure": f"{level['ratio']:.0%} (paired {level['paired_ratio']:.0%})",
+                    "met": min(level["ratio"], level["paired_ratio"]) >= 0.7,
+                }
+            )
+        if fleet := r.get("fleet"):
+            out.append(
+                {
+                    "target": f"idle cycle over {fleet['agents']} agents, {fleet['tasks_in_flight']:,} tasks < 1 s",
+                    "backend": backend,
+                    "figure": f"{fleet['idle_seconds']:.3f} s ({fleet['idle'][0]['agent_calls']} agent calls)",
+                    "met": fleet["idle_seconds"] < 1,
+                }
+            )
+        for c in r.get("cycle", [])[:1]:
+            idle = c["idle"]
+            out.append(
+                {
+                    "target": "idle poll cycle: 1 agent call, 0 store writes",
+                    "backend": backend,
+                    "figure": f"{idle['agent_calls']} agent call(s), {idle['sql_writes']:.0f} SQL writes, "
+                    f"{idle['engine_transactions']} engine transactions",
+                    "met": idle["agent_calls"] == 1 and idle["sql_writes"] == 0 and idle["engine_transactions"] == 0,
+                }
+            )
+        if rec := r.get("recovery"):
+            alone, hist = rec["alone"]["recover_seconds"], rec["with_history"]["recover_seconds"]
+            out.append(
+                {
+                    "target": f"recovery of {rec['in_flight']:,} in flight < 5 s"
+                    + (" (target set for PostgreSQL)" if backend != "postgres" else ""),
+                    "backend": backend,
+                    "figure": f"{alone:.2f} s",
+                    "met": alone < 5,
+                }
+            )
+            out.append(
+                {
+                    "target": f"... with {rec['history']:,} ended in history <= 1.2x",
+                    "backend": backend,
+                    "figure": f"{hist:.2f} s ({rec['ratio']:.2f}x)",
+                    "met": rec["ratio"] <= 1.2,
+                }
+            )
+        if q := r.get("queries"):
+            out.append(
+                {
+                    "target": f"'has running tasks' p99 < 1 ms at {q['rows']:,} rows",
+                    "backend": backend,
+                    "figure": f"p99 {q['api']['p99_ms']:.3f} ms (p50 {q['api']['p50_ms']:.3f} ms)",
+                    "met": q["api"]["p99_ms"] < 1,
+                }
+            )
+        out += engine_targets(backend, r)
+    return out
+
+
+def engine_targets(backend: str, r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14: takeovers, and the leases' idle cost (docs/leases.md)."""
+    out: list[dict[str, Any]] = []
+    for row in (r.get("takeover") or {}).get("rows", []):
+        if row["kind"] == "kill":
+            target, limit = "takeover after an engine's SIGKILL: worst < 5 s", 5.0
+        else:
+            limit = row["lease_timeout"] + 3.0
+            target = f"takeover after a freeze, lease {row['lease_timeout']:g} s: worst <= lease timeout + 3 s"
+        out.append(
+            {
+                "target": target,
+                "backend": backend,
+                "figure": f"worst {row['worst_seconds']:.2f} s, median {row['median_seconds']:.2f} s "
+                f"({row['trials']} trials)",
+                "met": row["worst_seconds"] <= limit,
+            }
+        )
+    for x in (r.get("engines") or {}).get("lease_cost", []):
+        out.append(
+            {
+                "target": f"lease cost, {x['engines']} idle engine(s): <= 2 transactions/s per engine",
+                "backend": backend,
+                "figure": f"{x['transactions_per_engine_second']:.2f} tx/s, "
+                f"{x['statements_per_engine_second']:.2f} statements/s",
+                "met": x["transactions_per_engine_second"] <= 2,
+            }
+        )
+    return out
