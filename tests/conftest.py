@@ -24,9 +24,17 @@ import pytest
 
 from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.config import EngineSettings, load_engine_settings
+from orchestrator.domain.model import DEFAULT_POOL
 from orchestrator.engine.task_manager import TaskManager
 from orchestrator.store import parse_store_url
-from orchestrator.testing import InvariantResult, SimulatedAgent, check_invariants
+from orchestrator.testing import (
+    AgentProcess,
+    InvariantResult,
+    SimulatedAgent,
+    SimulatedAgentBackend,
+    check_invariants,
+)
+from orchestrator.testing.simulator_control import InProcessControl
 
 PG_DSN = os.environ.get("ORCHESTRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_PG = os.environ.get("ORCHESTRATOR_REQUIRE_POSTGRES") == "1"
@@ -163,11 +171,16 @@ def assert_invariants(results: list[InvariantResult]) -> None:
 
 
 def invariants_hold(orch: Orchestrator, agent_state: Path, **kwargs: Any) -> None:
-    agent = SimulatedAgent.open(agent_state)
+    """Every invariant, against every pool's simulated agent (the default pool's at `agent_state`)."""
+    controls = orch.simulators()
+    if DEFAULT_POOL in controls and orch.pool_agent_url(DEFAULT_POOL) is None:
+        controls[DEFAULT_POOL].close()
+        controls[DEFAULT_POOL] = InProcessControl(SimulatedAgentBackend(agent_state), owned=True)
     try:
-        assert_invariants(check_invariants(orch, agent, **kwargs))
+        assert_invariants(check_invariants(orch, controls, **kwargs))
     finally:
-        agent.close()
+        for control in controls.values():
+            control.close()
 
 
 def events_table(store_url: str) -> str:
@@ -247,3 +260,29 @@ def run_together(
         stdout, stderr = p.communicate(timeout=180)
         out.append(subprocess.CompletedProcess([*args], p.returncode, stdout, stderr))
     return out
+
+
+# A simulated agent served over HTTP by a process of its own (`orchestrator agent serve`).
+ServedAgent = AgentProcess
+
+
+def serve_agent(state: Path, pool: str, tmp_path: Path, task_seconds: float = 0.3) -> AgentProcess:
+    url_file = tmp_path / f"{pool}-{uuid.uuid4().hex[:6]}.url"
+    return AgentProcess(state, pool, task_seconds=task_seconds, url_file=url_file).start()
+
+
+def use_agent(store_url: str, agent_state: Path, pool: str, url: str) -> None:
+    """Point a pool of the store at an agent URL (the default pool: its tasks then go over HTTP)."""
+    from orchestrator.pools import set_pool_agent
+
+    with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
+        set_pool_agent(orch, pool, url)
+
+
+@pytest.fixture
+def http_agent(store_url: str, agent_state: Path, tmp_path: Path) -> Iterator[ServedAgent]:
+    """The default pool's agent served over HTTP, and the store pointed at it."""
+    served = serve_agent(agent_state, DEFAULT_POOL, tmp_path)
+    use_agent(store_url, agent_state, DEFAULT_POOL, served.url)
+    yield served
+    served.kill()

@@ -25,7 +25,8 @@ from orchestrator.agent.http_agent import HttpAgent
 from orchestrator.agent.port import AgentPort, AgentTaskResult, AgentTaskState, TaskSpec
 from orchestrator.agent.protocol import Fence, StaleEpochError
 from orchestrator.errors import AgentError, AgentProtocolError, AgentUnavailableError
-from orchestrator.testing import GRACEFUL_SHUTDOWN_SECONDS, FaultConfig, NetworkFault, SimulatorAdmin
+from orchestrator.serving import GRACEFUL_SHUTDOWN_SECONDS
+from orchestrator.testing import FaultConfig, NetworkFault, SimulatorAdmin
 from tests.conftest import REPO, cli_env, wait_for
 
 POOL = "pool-a"

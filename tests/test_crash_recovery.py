@@ -1,5 +1,7 @@
 """Seed test case 2: a real engine process dies at every crash point of every flow.
 
+The agent is a real agent server process, reached over HTTP (`orchestrator agent serve`).
+
 Each case: seed, submit, start `orchestrator run` as a subprocess that exits at
 the named crash point (`os._exit`, no cleanup), ask the read-only inspection
 what recovery will decide, restart the engine until idle, then check that
@@ -18,7 +20,7 @@ from orchestrator.bootstrap import Orchestrator, inspect
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import Disk, Vm
 from orchestrator.domain.model import EntityRef, EntityType
-from tests.conftest import ONE_PER_CALL, cli_env, engine_args, invariants_hold, run_cli
+from tests.conftest import ONE_PER_CALL, ServedAgent, cli_env, engine_args, invariants_hold, run_cli
 
 FLOWS: list[tuple[str, dict[str, Any]]] = [
     ("RemoveVm", {"vm_id": "vm-0001"}),
@@ -103,7 +105,12 @@ def _json(params: dict[str, Any]) -> str:
 @pytest.mark.parametrize("crash", CRASHES, ids=[_crash_id(c) for c in CRASHES])
 @pytest.mark.parametrize(("flow", "params"), FLOWS, ids=[f for f, _ in FLOWS])
 def test_crash_at_every_point_then_recover(
-    store_url: str, agent_state: Path, flow: str, params: dict[str, Any], crash: tuple[str, int, dict[str, str], str]
+    store_url: str,
+    agent_state: Path,
+    http_agent: ServedAgent,
+    flow: str,
+    params: dict[str, Any],
+    crash: tuple[str, int, dict[str, str], str],
 ) -> None:
     command_id, predicted = crash_and_recover(store_url, agent_state, flow, params, crash)
     with Orchestrator.open(store_url, agent_state=agent_state, create=False) as orch:
@@ -120,7 +127,9 @@ def test_crash_at_every_point_then_recover(
         invariants_hold(orch, agent_state, expected_commands=[command.id])
 
 
-def test_remove_vm_of_four_disks_crashed_after_two_submissions_fails(store_url: str, agent_state: Path) -> None:
+def test_remove_vm_of_four_disks_crashed_after_two_submissions_fails(
+    store_url: str, agent_state: Path, http_agent: ServedAgent
+) -> None:
     """The seed's example: the VM must keep exactly the disks that still exist on the agent."""
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(1, 4)
@@ -141,7 +150,7 @@ def test_remove_vm_of_four_disks_crashed_after_two_submissions_fails(store_url: 
         assert command.outcome_reason.startswith("2 of 4 expected tasks have no agent task id")
         vm = orch.entity(EntityRef(EntityType.VM, "vm-0001"))
         assert isinstance(vm, Vm) and not vm.removed and vm.status == "down"
-        agent = orch.open_agent()
+        agent = orch.simulator()  # the served agent, through its simulator extension
         try:
             images = {v.image_id for v in agent.storage().volumes}
         finally:
@@ -157,7 +166,9 @@ def test_remove_vm_of_four_disks_crashed_after_two_submissions_fails(store_url: 
         invariants_hold(orch, agent_state, expected_commands=[command.id])
 
 
-def test_crash_twice_the_second_time_during_recovery(store_url: str, agent_state: Path) -> None:
+def test_crash_twice_the_second_time_during_recovery(
+    store_url: str, agent_state: Path, http_agent: ServedAgent
+) -> None:
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(1, 3)
         command_id = str(orch.submit("CreateSnapshot", {"vm_id": "vm-0001"}).command_id)

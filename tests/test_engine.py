@@ -222,7 +222,9 @@ def test_a_standby_engine_takes_over_when_the_running_one_dies(store_url: str, a
             )
             busy = run_cli(*engine_args(store_url, agent_state, "--no-wait"), env=env)
             assert busy.returncode == 8, busy.stderr
-            assert busy.stderr.startswith("error: another engine") and busy.stderr.count("\n") == 1
+            errors = [line for line in busy.stderr.splitlines() if line.startswith("error: ")]
+            assert len(errors) == 1 and errors[0].startswith("error: another engine"), busy.stderr
+            assert busy.stderr.strip().splitlines()[-1] == errors[0], "the error is the last word"
             standby = subprocess.Popen(
                 [
                     sys.executable,
