@@ -16,6 +16,7 @@ verdicts say what recovery would do); the CLI's error codes otherwise
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -242,16 +243,25 @@ def describe_event(event: Any) -> tuple[str, str]:
 
 def command_history(store: ReadOnlyStore, ident: str, at_version: int | None) -> CommandHistory:
     command = store.command(ident)
-    events = []
-    for e in store.store.events_of(command.id):
+    return history_of(store.config.redacted, store.store.events_of(command.id), at_version)
+
+
+def history_of(source: str, events: Sequence[Any], at_version: int | None) -> CommandHistory:
+    """A command's history from its events (a store's, or an archive's), and its state at a version."""
+    shown = []
+    for e in events:
         name, detail = describe_event(e)
         at = getattr(e, "timestamp")  # noqa: B009 - every aggregate event has one; the protocol does not say so
-        events.append(HistoryEvent(version=e.originator_version, at=at, event=name, detail=detail))
-    state = store.command(ident, version=at_version) if at_version is not None else command
+        shown.append(HistoryEvent(version=e.originator_version, at=at, event=name, detail=detail))
+    upto = [e for e in events if at_version is None or e.originator_version <= at_version]
+    state: Any = None
+    for event in upto:
+        state = event.mutate(state)
+    assert isinstance(state, RootCommand)
     return CommandHistory(
-        store=store.config.redacted,
-        command_id=str(command.id),
-        events=events,
-        state=CommandView.of(state),
+        store=source,
+        command_id=str(state.id),
+        events=shown,
+        state=CommandView.of(state, events),
         state_version=state.version,
     )

@@ -6,7 +6,7 @@ once and its locks go, in one transaction) and retries (a new command linked
 to the one it retries, in one transaction), and reads commands and the
 inventory back. It logs one line for each command accepted, cancelled,
 terminated or retried (fields: event, command_id, flow). It knows neither the agents nor the read models: the
-composition root (orchestrator/bootstrap.py) hands it what validation asks of
+composition root (orchestrator/bootstrap/) hands it what validation asks of
 the read models (`running_tasks_on`).
 """
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from orchestrator.private_files import write_private_file
 from orchestrator.serving import AnnouncingServer, bind, remove_url_file, run_server, server_config, url_of
 from orchestrator.testing import SimulatedAgentBackend
 from orchestrator.testing.agent_server import create_app
-from orchestrator.testing.private_files import write_private_file
 
 
 def pool_of(n: int) -> str:

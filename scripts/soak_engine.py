@@ -280,9 +280,10 @@ class AgentServer:
         self.url = self.url_file.read_text().strip()
         self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
 
-    def kill(self) -> None:
+    def kill(self, *, counted: bool = True) -> None:
+        """SIGKILL the server; `counted` unless it is the soak's own cleanup at the end."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
-            self.figures.agent_kills += 1
+            self.figures.agent_kills += counted
         self.proc = None

@@ -46,7 +46,7 @@ class Soak:
     def close(self) -> None:
         self.engines.kill()
         if self.server is not None:
-            self.server.kill()
+            self.server.kill(counted=False)
         self.agent.close()
         self.orch.close()
 

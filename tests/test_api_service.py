@@ -76,6 +76,35 @@ def test_submit_is_idempotent_and_errors_are_problem_documents(
         assert api.get(f"/api/v1/commands/{ident}").json()["cancel_requested"] is True
 
 
+def test_terminate_then_retry_over_the_api(store_url: str, agent_state: Path, tmp_path: Path) -> None:
+    seeded(store_url, agent_state)
+    with running_service(tmp_path, store_url, agent_state) as service, service.client() as api:
+        ident = api.post("/api/v1/commands", json={"flow": "HibernateVm", "params": {"vm_id": "vm-0001"}}).json()[
+            "command_id"
+        ]
+        assert_problem(api.post(f"/api/v1/commands/{ident}/retry", json={}), 409, "retry it once it has ended")
+        assert_problem(api.post(f"/api/v1/commands/{ident}/terminate", json={}), 422, "body.reason")
+        done = api.post(f"/api/v1/commands/{ident}/terminate", json={"reason": "host <b>sd-1</b> is gone"})
+        assert done.status_code == 200, done.text
+        assert (done.json()["format"], done.json()["command_id"]) == ("orchestrator.terminate/1", ident)
+        assert "vm:vm-0001" in done.json()["released_locks"]
+        shown = api.get(f"/api/v1/commands/{ident}").json()
+        assert (shown["status"], shown["terminate_reason"]) == ("failed", "host <b>sd-1</b> is gone")
+        assert [e["event"] for e in shown["history"]][-1] == "Terminated"
+        assert_problem(
+            api.post(f"/api/v1/commands/{ident}/terminate", json={"reason": "again"}), 409, "has already ended"
+        )
+
+        retried = api.post(f"/api/v1/commands/{ident}/retry", json={})
+        assert retried.status_code == 201, retried.text
+        new_id = retried.json()["command_id"]
+        assert retried.headers["location"] == f"/api/v1/commands/{new_id}"
+        assert (retried.json()["retry_of"], retried.json()["flow"]) == (ident, "HibernateVm")
+        assert api.get(f"/api/v1/commands/{ident}").json()["retries"] == [new_id]
+        assert api.get(f"/api/v1/commands/{new_id}").json()["retry_of"] == ident
+        assert_problem(api.post(f"/api/v1/commands/{uuid.uuid4()}/retry", json={}), 404, "no command")
+
+
 def _json() -> dict[str, str]:
     return {"Content-Type": "application/json"}
 

@@ -283,7 +283,6 @@ def test_a_cold_read_only_copy_says_why_it_cannot_be_read_in_place(tmp_path: Pat
     assert "not writable for this user" in line and "not a readable SQLite database" not in line, line
 
 
-@pytest.mark.xfail(reason="needs the store layer to open read-only SQLite with store.url.sqlite_read_only_uri")
 def test_a_cold_read_only_copy_opens(tmp_path: Path, backup_dir: Path) -> None:
     source, ident = _store_with_a_command(tmp_path)
     copy = _read_only_copy(source, backup_dir, with_wal_files=False)

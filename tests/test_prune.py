@@ -129,6 +129,7 @@ def test_prune_archives_every_event_then_removes_the_commands_and_every_invarian
 ) -> None:
     old = several(orch, agent, terminated=True)
     histories = {i: stored(orch, i) for i in old}
+    inspected = {i: cli_json(store_url, agent_state, "inspect", "--command", str(i)) for i in old}
     states = {i: (orch.command(i).status, orch.command(i).outcome_reason) for i in old}
     keys = merged([keys_of(orch, i) for i in old])
     rows = rows_about(store_url, keys)
@@ -174,6 +175,13 @@ def test_prune_archives_every_event_then_removes_the_commands_and_every_invarian
     assert shown["format"] == "orchestrator.archive-show/1"
     assert [c["command_id"] for c in shown["commands"]] == [str(i) for i in old]
     assert shown["events"] == pruned_events and all(c["ended_at"] for c in shown["commands"])
+    assert cli_json(store_url, agent_state, "inspect", "--archive", str(archive))["commands"] == shown["commands"]
+    for ident, before_prune in inspected.items():
+        archived = cli_json(store_url, agent_state, "inspect", "--archive", str(archive), "--command", str(ident)[:8])
+        assert archived["events"] == before_prune["events"], "the archive tells the history the store told"
+        assert archived["state"] == before_prune["state"] and archived["store"] == f"archive {archive}"
+    missing = cli(store_url, agent_state, "inspect", "--archive", str(archive), "--command", str(newer[0]))
+    assert f"no command id starts with {newer[0]} in archive" in one_error_line(missing, 6)
     # A second prune of the same cut-off finds nothing more; the file of a finished prune is not reused.
     again = cli(store_url, agent_state, "prune", "--ended-before", cutoff, "--archive", str(archive))
     assert "finished" in one_error_line(again, 4)
@@ -389,7 +397,7 @@ def test_a_prune_and_a_rebuild_exclude_each_other(
     with orch.read_models.tables.exclusive("rebuild") as got:
         assert got
         busy = cli(store_url, agent_state, "prune", "--ended-before", now(), "--archive", str(tmp_path / "a"))
-    assert "holds this store's lock" in one_error_line(busy, 11)
+    assert "holds this store's lock" in one_error_line(busy, 13)
     assert event_count(store_url) == before and not (tmp_path / "a").exists()
 
 

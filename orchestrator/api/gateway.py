@@ -39,7 +39,7 @@ from orchestrator.inspection import (
     command_history,
     inspect_store,
 )
-from orchestrator.service import CancelResult, SubmitResult
+from orchestrator.service import CancelResult, RetryResult, SubmitResult, TerminateResult
 from projections.documents import ActiveTasksView, EntityTasksView, ProjectionStatusView, TaskEntitiesView
 from projections.queries import CommandPageQuery, CommandRow, ViewFreshness
 from projections.runner import ProjectionStatus
@@ -173,6 +173,14 @@ class StoreGateway:
     def cancel(self, command_id: str, reason: str) -> CancelResult:
         with self.aggregates():
             return self.orch.request_cancel(command_id, reason)
+
+    def retry(self, command_id: str) -> RetryResult:
+        with self.aggregates(), self.tables():
+            return self.orch.retry(command_id)
+
+    def terminate(self, command_id: str, reason: str) -> TerminateResult:
+        with self.aggregates():
+            return self.orch.terminate(command_id, reason)
 
     def command(self, command_id: str, version: int | None = None) -> CommandView:
         with self.aggregates():

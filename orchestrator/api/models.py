@@ -66,6 +66,12 @@ class CancelRequest(_Request):
     reason: str = Field("cancelled by user", min_length=1, max_length=500)
 
 
+class TerminateRequest(_Request):
+    """`POST /api/v1/commands/{id}/terminate`: what `orchestrator terminate ID --reason R` takes."""
+
+    reason: str = Field(min_length=1, max_length=500, description="why: kept in the command's history")
+
+
 class CommandPageView(CommandListView):
     """`GET /api/v1/commands`: `list --json`, one page of it, and where the next page starts."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from orchestrator.api.auth import TOKENS_ENV, is_loopback_host, load_tokens
 from orchestrator.api.context import DEFAULT_MAX_LAG, ApiContext
 from orchestrator.errors import InputError
+from orchestrator.private_files import write_private_file
 from orchestrator.serving import (
     AnnouncingServer,
     bind,
@@ -29,7 +30,6 @@ from orchestrator.serving import (
     server_config,
     url_of,
 )
-from orchestrator.testing.private_files import write_private_file
 
 log = logging.getLogger("orchestrator.api")
 

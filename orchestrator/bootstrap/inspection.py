@@ -43,7 +43,7 @@ def _tasks_of(store: ReadOnlyStore, pool: str, agent_state: Path | None) -> tupl
             agent.close()
     if pool != DEFAULT_POOL:
         return None, f"storage pool {pool} has no agent"
-    path = agent_state or default_agent_state_path(store.config.path)
+    path = agent_state or default_agent_state_path(store.config)
     if not path.exists():
         return None, f"no agent state at {path}"
     return parse_statuses(SimulatedAgentBackend.peek_statuses(path)), str(path)

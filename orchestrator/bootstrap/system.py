@@ -43,7 +43,7 @@ class Orchestrator(CommandService):
             if not ready:
                 read_models.runner.ensure_tables()
                 _upgrade_in_flight_index(events, read_models)
-        return cls(config, events, read_models, agent_state or default_agent_state_path(config.path))
+        return cls(config, events, read_models, agent_state or default_agent_state_path(config))
 
     def close(self) -> None:
         self.read_models.close()

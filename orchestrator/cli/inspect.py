@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -25,18 +26,25 @@ def inspect(
     with_agent: Annotated[
         bool, typer.Option("--with-agent/--no-agent", help="reconcile with the agents' tasks")
     ] = True,
+    archive: Annotated[
+        Path | None, typer.Option("--archive", help="read an archive written by prune, not the store")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Read-only crash replay: every command in flight and what recovery would decide. Changes nothing.
 
     Exit codes: 0 nothing is in flight; 20 one or more commands are in flight (the verdicts say what
-    recovery would do with each); 3 the store cannot be read; 4 a bad --at-version; 6 no such command.
-    With --command: 0 (the command's history is shown).
+    recovery would do with each); 3 the store cannot be read; 4 a bad --at-version, or an archive that
+    is not a complete, readable one; 6 no such command. With --command: 0 (the command's history is
+    shown). With --archive FILE: what the archive holds, or with --command one archived command's history.
     """
     from orchestrator.documents import as_document
 
     if at_version is not None and command is None:
         raise InputError("--at-version needs --command ID: it shows one command as it was after event N")
+    if archive is not None:
+        _inspect_archive(archive, command, at_version, as_json)
+        return
     if command is not None:
         history = _history(command, at_version)
         print_json(as_document(history, "command-history")) if as_json else render_history(history, out)
@@ -47,6 +55,36 @@ def inspect(
         report = inspect_store(G.store, G.agent_state, with_agent=with_agent)
     print_json(as_document(report, "inspection")) if as_json else render_report(report, out)
     raise typer.Exit(report.exit_code)
+
+
+def _inspect_archive(archive: Path, command: str | None, at_version: int | None, as_json: bool) -> None:
+    """An archive instead of the store: its listing (as `archive show`), or one command's history."""
+    if command is None:
+        from orchestrator.cli.prune import archive_show
+
+        archive_show(archive, as_json)
+        return
+    from orchestrator.documents import as_document
+    from orchestrator.errors import NotFoundError
+    from orchestrator.inspection import history_of
+    from orchestrator.retention import read_archive
+
+    wanted = command.strip().lower()
+    if len(wanted) < 6:
+        raise InputError(f"command id prefix {command!r} is too short: give 6 or more characters")
+    found = [c for c in read_archive(archive) if str(c.command_id).startswith(wanted)]
+    if not found:
+        raise NotFoundError(f"no command id starts with {wanted} in archive {archive}")
+    if len(found) > 1:
+        raise InputError(f"{wanted} names {len(found)} archived commands; give more of the id")
+    archived = found[0]
+    if at_version is not None and not 1 <= at_version <= len(archived.events):
+        raise InputError(
+            f"archived command {archived.command_id} has {len(archived.events)} event(s); "
+            f"--at-version must be 1 to {len(archived.events)}"
+        )
+    history = history_of(f"archive {archive}", archived.events, at_version)
+    print_json(as_document(history, "command-history")) if as_json else render_history(history, out)
 
 
 def _history(command: str, at_version: int | None) -> CommandHistory:

@@ -1,6 +1,6 @@
 """Opening the store for one command, without the engine, and saying clearly why it cannot be.
 
-The composition root (`orchestrator/bootstrap.py`) imports the engine and the
+The composition root (`orchestrator/bootstrap/`) imports the engine and the
 agents, which a command that only reads or records commands never uses (they
 cost a fifth of a second at every start). Such a command opens a store that is
 set up already itself, with the parts `Orchestrator.open` assembles (the checked

@@ -1,11 +1,12 @@
-"""The engine lease: one engine at a time executes the commands of a store.
+"""The engine lease of a SQLite store: one engine at a time executes its commands.
 
-It is a store-wide lock of the engine's process (orchestrator/store/sqlite.py,
-postgres.py): a `flock` on a lock file keyed by the database file itself on
-SQLite, a session advisory lock held by a connection of its own on PostgreSQL.
-Both go with the process that holds them, however it dies, so a standby engine
+It is a `flock` on a lock file keyed by the database file itself
+(orchestrator/store/sqlite.py), so two paths to one file find the same lock.
+It goes with the process that holds it, however it dies, so a standby engine
 (another `orchestrator run` on the same store) takes over a dead engine's work
-at once, starting with recovery.
+at once, starting with recovery. PostgreSQL stores have no such lease: their
+engines share the pools through fenced per-pool leases (orchestrator/engine/leases.py,
+docs/leases.md).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from orchestrator.errors import StoreError, StoreUnavailableError
-from orchestrator.store.url import StoreConfig
+from orchestrator.store.url import StoreConfig, sqlite_read_only_uri
 
 if TYPE_CHECKING:
     import psycopg
@@ -104,7 +104,8 @@ def _prepare_sqlite(config: StoreConfig, *, create: bool) -> dict[str, str]:
             raise StoreError(f"cannot create store {config.redacted}: directory {path.parent} does not exist")
         create_private_file(path)
     try:
-        conn = sqlite3.connect(f"{sqlite_uri(path)}?mode={'rwc' if create else 'ro'}", uri=True, timeout=30)
+        uri = f"{sqlite_uri(path)}?mode=rwc" if create else sqlite_read_only_uri(path)
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
         try:
             tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             meta = _check_tables(config, tables, create=create, read_meta=lambda: _sqlite_meta(conn))

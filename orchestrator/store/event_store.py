@@ -144,10 +144,10 @@ class EventStore:
             "CREATE_TABLE": "y" if create_tables and not read_only else "n",
         }
         if read_only and config.kind == "sqlite":
-            from orchestrator.store.door import sqlite_uri
+            from orchestrator.store.url import sqlite_read_only_uri
 
             assert config.path is not None
-            env["SQLITE_DBNAME"] = f"{sqlite_uri(config.path)}?mode=ro"
+            env["SQLITE_DBNAME"] = sqlite_read_only_uri(config.path)
         try:
             app = OrchestratorApp(env=env)
         except PersistenceError as exc:

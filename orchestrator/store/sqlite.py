@@ -34,7 +34,7 @@ from orchestrator.store.leases import (
     lease_table_statements,
 )
 from orchestrator.store.tables import Cursor, Operation, execute_rows, summed
-from orchestrator.store.url import StoreConfig
+from orchestrator.store.url import StoreConfig, sqlite_read_only_uri
 
 EVENTS_TABLE = "stored_events"
 SNAPSHOTS_TABLE = "stored_snapshots"
@@ -310,10 +310,10 @@ class SQLiteTables:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            mode = "ro" if self.read_only else "rw"
+            uri = sqlite_read_only_uri(self.path) if self.read_only else f"{sqlite_uri(self.path)}?mode=rw"
             try:
                 conn = sqlite3.connect(
-                    f"{sqlite_uri(self.path)}?mode={mode}",
+                    uri,
                     uri=True,
                     timeout=30,
                     isolation_level=None,

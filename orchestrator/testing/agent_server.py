@@ -30,6 +30,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from orchestrator.errors import InputError, OrchestratorError
+from orchestrator.private_files import write_private_file
 from orchestrator.serving import (
     AnnouncingServer,
     bind,
@@ -42,7 +43,6 @@ from orchestrator.serving import (
 from orchestrator.testing.agent_service import AgentService, Answer
 from orchestrator.testing.fences import fence_path_for
 from orchestrator.testing.network_faults import expected_drop, faulty_response
-from orchestrator.testing.private_files import write_private_file
 from orchestrator.testing.simulator_backend import SimulatedAgentBackend, task_seconds_from_env
 
 # By name: run with -m, this module's __name__ is "__main__".

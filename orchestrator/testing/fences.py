@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from orchestrator.agent.protocol import Fence
 from orchestrator.errors import OrchestratorError
-from orchestrator.testing.private_files import write_private_file
+from orchestrator.private_files import write_private_file
 
 LOG_LIMIT = 100_000  # fence decisions kept in memory (the oldest go first)
 

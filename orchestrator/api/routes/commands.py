@@ -1,4 +1,4 @@
-"""Commands: submit (one, many), list, show, history with time travel, cancel."""
+"""Commands: submit (one, many), list, show, history with time travel, cancel, retry, terminate."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from orchestrator.api.models import (
     SubmitManyRequest,
     SubmitManyView,
     SubmitRequest,
+    TerminateRequest,
 )
 from orchestrator.api.problems import problem_of
 from orchestrator.api.routes.common import READ_PROBLEMS, WRITE_PROBLEMS, entity_ref, merged
@@ -26,7 +27,7 @@ from orchestrator.documents import CommandView
 from orchestrator.domain.model import CommandStatus
 from orchestrator.errors import InputError
 from orchestrator.inspection import CommandHistory
-from orchestrator.service import CancelResult, SubmitResult
+from orchestrator.service import CancelResult, RetryResult, SubmitResult, TerminateResult
 from projections.queries import SORTABLE_COLUMNS, CommandPageQuery, CommandRow
 
 router = APIRouter(prefix="/api/v1", tags=["commands"])
@@ -174,6 +175,33 @@ def cancel(
     """Stop its running tasks, never submit the rest, end with failure (`orchestrator cancel`)."""
     reason = request.reason if request is not None else CancelRequest().reason
     return context.gateway.cancel(command_id, reason)
+
+
+@router.post(
+    "/commands/{command_id}/retry",
+    status_code=201,
+    response_model=RetryResult,
+    dependencies=[Depends(operator)],
+    responses=WRITE_PROBLEMS,
+    summary="retry an ended command",
+)
+def retry(context: Context, command_id: CommandId, response: Response) -> RetryResult:
+    """Accept a new command doing an ended command's work again, linked both ways (`orchestrator retry`)."""
+    result = context.gateway.retry(command_id)
+    response.headers["Location"] = f"/api/v1/commands/{result.command_id}"
+    return result
+
+
+@router.post(
+    "/commands/{command_id}/terminate",
+    response_model=TerminateResult,
+    dependencies=[Depends(operator)],
+    responses=WRITE_PROBLEMS,
+    summary="terminate a command whose agent is gone",
+)
+def terminate(context: Context, command_id: CommandId, request: Annotated[TerminateRequest, Body()]) -> TerminateResult:
+    """End it at once, failed and flagged; release its locks (`orchestrator terminate`)."""
+    return context.gateway.terminate(command_id, request.reason)
 
 
 # ---- paging ------------------------------------------------------------------------------------
