@@ -1,4 +1,4 @@
-"""Removing the read-model rows of pruned root commands (an operator's prune: orchestrator/retention.py).
+"""Removing the read-model rows of pruned root commands (an operator's prune: orchestrator/retention/).
 
 Every row a read model holds about a root command was inserted by the command's
 `Accepted` event (later events only update or delete those rows), so the rows

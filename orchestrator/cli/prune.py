@@ -2,7 +2,7 @@
 
 `prune --ended-before DATE --archive FILE` writes every root command that ended,
 all its tasks cleared, before DATE to FILE (JSON lines), then removes them from
-the store and its read models (orchestrator/retention.py, docs/retention.md).
+the store and its read models (orchestrator/retention/, docs/retention.md).
 `archive show FILE` lists what an archive holds, each command replayed from its
 archived events.
 """

@@ -67,7 +67,7 @@ class Dialect(Protocol):
 
     def leases(self) -> LeaseTable: ...
 
-    # An operator's prune (orchestrator/retention.py), in a write transaction of the store's tables
+    # An operator's prune (orchestrator/retention/), in a write transaction of the store's tables
     # (`Tables.write()`), so the events and the read-model rows of the commands go together.
 
     def lock_versions(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, int]:

@@ -165,7 +165,7 @@ class PostgresDialect:
                 ([str(i) for i in ids],),
             )
 
-    # ---- retention: an operator's prune (orchestrator/retention.py) -------------------------------
+    # ---- retention: an operator's prune (orchestrator/retention/) -------------------------------
 
     def lock_versions(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, int]:
         """The last version of each of these aggregates that has events; no event can be added until

@@ -130,7 +130,7 @@ class SQLiteDialect:
             for ident in ids:
                 cursor.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
 
-    # ---- retention: an operator's prune (orchestrator/retention.py) -------------------------------
+    # ---- retention: an operator's prune (orchestrator/retention/) -------------------------------
 
     def lock_versions(self, cursor: Cursor, ids: Sequence[UUID]) -> dict[UUID, int]:
         """The last version of each of these aggregates that has events; no event can be added until

@@ -246,7 +246,7 @@ def check_invariants(
     verify_projections: bool = True,
     pruned: Iterable[UUID] = (),
 ) -> list[InvariantResult]:
-    """`pruned`: commands an operator pruned (orchestrator/retention.py): no longer expected in the log."""
+    """`pruned`: commands an operator pruned (orchestrator/retention/): no longer expected in the log."""
     agents = agents_of(agent)
     gone = set(pruned)
     ev = gather(orch, agents)
