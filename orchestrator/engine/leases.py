@@ -89,10 +89,11 @@ def share(
     short = sum(max(0, low - n) for e, n in counts.items() if e != me)
     limit = high if short == 0 else max(low, counts[me])
     take = [p for p in free if p in shared][: max(0, limit - counts[me])]
-    give: list[str] = []
-    if counts[me] > low and short:
-        ours = sorted((p for p in mine if p in shared), key=lambda p: _spread(me, p), reverse=True)
-        give = ours[: min(counts[me] - low, short)]
+    # Give up what others are short of (down to the least share), and in any case what is beyond
+    # the highest share: another engine below the highest takes it in its next turn.
+    excess = max(min(counts[me] - low, short) if counts[me] > low else 0, counts[me] - high)
+    ours = sorted((p for p in mine if p in shared), key=lambda p: _spread(me, p), reverse=True)
+    give: list[str] = ours[: max(0, excess)]
     give += [p for p in mine if p in reserved]  # a pinned engine came for it
     return LeasePlan(take=take, give=give)
 

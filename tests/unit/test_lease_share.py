@@ -106,3 +106,13 @@ def test_many_engines_few_pools_leave_the_rest_standing_by() -> None:
     counts = cluster.settle()
     assert sorted(counts.values()) == [0, 0, 1]
     assert cluster.stable()
+
+
+def test_no_engine_keeps_more_than_its_share_when_the_others_have_their_least() -> None:
+    """Five pools, three engines: one that took three before the others came gives one up ([1, 2, 2]),
+    though nobody is below the least share (the bench's three engines waited on this split)."""
+    pools = ["default", "p1", "p2", "p3", "p4"]
+    cluster = Cluster(pools, [engine("e1"), engine("e2"), engine("e3")])
+    cluster.holders.update({"default": "e1", "p1": "e1", "p2": "e1", "p3": "e2", "p4": "e3"})
+    assert sorted(cluster.settle().values()) == [1, 2, 2]
+    assert cluster.stable()
