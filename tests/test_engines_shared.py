@@ -151,7 +151,9 @@ def test_an_engine_whose_lease_connection_is_cut_stops_acting_and_another_takes_
     server: PostgresServer, shared_store: str, agent_state: Path, tmp_path: Path, served: list[AgentProcess]
 ) -> None:
     agents = pools_with_agents(shared_store, agent_state, tmp_path, ["p1"], 1.5, served)
-    first = start_engine(shared_store, agent_state)
+    # Pinned, so the fair share never hands p1 over before the cut (which pool an engine gives up
+    # first differs from one engine id to the next).
+    first = start_engine(shared_store, agent_state, "--pools", "p1")
     second = None
     try:
         wait_for(lambda: holders(shared_store, agent_state).get("p1", (None, 0))[0] is not None, timeout=30)
@@ -196,7 +198,9 @@ def test_a_frozen_engine_that_wakes_after_a_takeover_does_nothing_more(
     shared_store: str, agent_state: Path, tmp_path: Path, served: list[AgentProcess]
 ) -> None:
     agents = pools_with_agents(shared_store, agent_state, tmp_path, ["p1"], 3, served)
-    first = start_engine(shared_store, agent_state, "--exit-on-lease-loss")
+    # Pinned to p1: unpinned, the fair share might hand p1 to the second engine before the freeze, and
+    # the frozen one, holding only the default pool, would then wake still holding it.
+    first = start_engine(shared_store, agent_state, "--exit-on-lease-loss", "--pools", "p1")
     second = None
     try:
         wait_for(lambda: holders(shared_store, agent_state).get("p1", (None, 0))[0] is not None, timeout=30)
