@@ -11,6 +11,7 @@ from uuid import UUID
 from orchestrator import EntityRef, EntityType, Orchestrator
 from orchestrator.domain.inventory import Vm
 from orchestrator.errors import CommandRefusedError, EntityLockedError
+from orchestrator.testing.seed import flow_fits_vm
 from scripts.soak_config import FLOW_NAMES, SoakConfig
 from scripts.soak_report import Figures
 
@@ -83,16 +84,6 @@ class Workload:
             return {"vm_id": vm_id, "description": f"soak {self.figures.cycles}"}
         return {"vm_id": vm_id}
 
-    @staticmethod
-    def fits(flow: str, vm: Vm) -> bool:
-        if flow == "HibernateVm":
-            return vm.status == "up"
-        if flow == "RemoveVm":
-            return vm.status != "hibernated"
-        if flow == "CreateSnapshot":
-            return vm.status != "hibernated" and bool(vm.disk_ids)
-        return bool(vm.disk_ids)
-
     def submit(self, flow: str, vm: Vm) -> UUID | None:
         holders = {UUID(h): lock["mode"] for h, lock in vm.locks.items()}
         try:
@@ -133,7 +124,7 @@ class Workload:
         counts = self.in_flight_by_flow()
         for flow in self.rng.sample(FLOW_NAMES, len(FLOW_NAMES)):
             for _ in range(self.config.per_flow - counts[flow]):
-                vm = next((v for v in free if self.fits(flow, v)), None)
+                vm = next((v for v in free if flow_fits_vm(flow, v)), None)
                 if vm is None:
                     break
                 free.remove(vm)

@@ -45,6 +45,7 @@ from orchestrator.pools import add_pool
 from orchestrator.store import writer_of
 from orchestrator.testing import AgentProcess, FaultConfig, SimulatedAgent
 from orchestrator.testing.postgres_server import PostgresServer, postgres_bin_dir
+from orchestrator.testing.seed import flow_fits_vm
 from orchestrator.testing.simulator_admin import SimulatorAdmin
 from orchestrator.testing.simulator_protocol import FenceLogEntry
 from tests.conftest import REPO, invariants_hold, serve_agent, wait_for
@@ -208,14 +209,6 @@ class Waves:
             return {"vm_id": vm_id, "description": f"chaos wave {self.waves}"}
         return {"vm_id": vm_id}
 
-    @staticmethod
-    def fits(flow: str, vm: Vm) -> bool:
-        if flow == "HibernateVm":
-            return vm.status == "up"
-        if flow == "RemoveVm":
-            return vm.status != "hibernated"
-        return bool(vm.disk_ids) and (flow == "CreateTemplate" or vm.status != "hibernated")
-
     def wave(self) -> None:
         """A few commands per pool; refusals (locks) are counted, store errors end the wave."""
         self.waves += 1
@@ -243,7 +236,7 @@ class Waves:
         self.rng.shuffle(free)
         for _ in range(self.rng.randint(1, 3)):
             flow = self.rng.choice(FLOWS)
-            vm = next((v for v in free if self.fits(flow, v)), None)
+            vm = next((v for v in free if flow_fits_vm(flow, v)), None)
             if vm is None:
                 continue
             free.remove(vm)

@@ -51,6 +51,17 @@ class AgentStorage(Protocol):
     def unseed(self, token: str, volume_ids: Sequence[str]) -> int: ...
 
 
+def flow_fits_vm(flow: str, vm: Vm) -> bool:
+    """Whether a seeded VM in its current state can take a command of this flow (for workloads that
+    pick VMs at random: the soak, the chaos test): hibernating needs it up, removing it not
+    hibernated, a template or a snapshot its disks (a snapshot also a VM that is not hibernated)."""
+    if flow == "HibernateVm":
+        return vm.status == "up"
+    if flow == "RemoveVm":
+        return vm.status != "hibernated"
+    return bool(vm.disk_ids) and (flow == "CreateTemplate" or vm.status != "hibernated")
+
+
 def plan_seed(
     existing: set[EntityRef], vms: int, disks: int, status: str, pool: str = DEFAULT_POOL
 ) -> tuple[list[InventoryEntity], list[SeededVm]]:
