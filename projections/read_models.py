@@ -26,6 +26,11 @@ IN_FLIGHT = "(status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
 IN_FLIGHT_ROOTS = f"parent_id IS NULL AND {IN_FLIGHT}"
 
 
+# Columns whose rows of one value are all inserted by one event (see projections/statements.py):
+# every row of a task, of a command, of a root command's family comes from its `Accepted`.
+TASK_IDENTITY = ("task_id",)
+COMMAND_IDENTITY = ("command_id", "root_command_id")
+
 # Where each kind of event sits in a command's life. Every event of a command comes no
 # earlier in this order than the events before it, except where the statements commute
 # (e.g. a recovery that records vanished tasks then decides failure touches other rows, or
@@ -127,9 +132,22 @@ class EntityTasks(ReadModel):
             root = str(event.originator_id)
             for child in event.children:
                 for task in child["tasks"]:
+                    if out.skips(t, "task_id", task["task_id"]):
+                        continue
                     for etype, eid, mode in task["entities"]:
                         read_only = int(mode == LockMode.READ)
-                        out.insert(t, etype, eid, task["task_id"], child["child_id"], root, "planned", read_only, None)
+                        out.insert(
+                            t,
+                            TASK_IDENTITY,
+                            entity_type=etype,
+                            entity_id=eid,
+                            task_id=task["task_id"],
+                            command_id=child["child_id"],
+                            root_command_id=root,
+                            status="planned",
+                            read_only=read_only,
+                            agent_task_id=None,
+                        )
         elif event.kind in ("TasksSubmitted", "OrphansAdopted"):
             pairs = event.submitted if event.kind == "TasksSubmitted" else event.orphans
             for task_id, agent_task_id in pairs:
@@ -171,7 +189,19 @@ class ActiveTasks(ReadModel):
             root = str(event.originator_id)
             for child in event.children:
                 for task in child["tasks"]:
-                    out.insert(t, task["task_id"], None, child["child_id"], root, task["verb"], "planned", None)
+                    if out.skips(t, "task_id", task["task_id"]):
+                        continue
+                    out.insert(
+                        t,
+                        TASK_IDENTITY,
+                        task_id=task["task_id"],
+                        agent_task_id=None,
+                        command_id=child["child_id"],
+                        root_command_id=root,
+                        verb=task["verb"],
+                        status="planned",
+                        started_at=None,
+                    )
         elif event.kind in ("TasksSubmitted", "OrphansAdopted"):
             pairs = event.submitted if event.kind == "TasksSubmitted" else event.orphans
             started = _iso(event.timestamp)
@@ -230,33 +260,25 @@ class Commands(ReadModel):
         if event.kind == "Accepted":
             created = _iso(event.timestamp)
             n_tasks = sum(len(ch["tasks"]) for ch in event.children)
-            out.insert(
-                c, root, root, None, event.flow, "accepted", event.summary, created, None, None, "", 0, n_tasks, n_tasks
-            )
+            _insert_command(out, c, root, None, event.flow, event.summary, created, n_tasks, n_tasks)
             for etype, eid, mode in event.entities:
-                out.insert(ce, etype, eid, root, mode)
+                out.insert(ce, entity_type=etype, entity_id=eid, command_id=root, mode=mode)
             for child in event.children:
                 if child["child_id"] == root:
                     continue
-                child_row = (child["command_type"], "accepted", "", created, None, None, "", 0, len(child["tasks"]), 0)
-                out.insert(c, child["child_id"], root, root, *child_row)
+                n_child = len(child["tasks"])
+                _insert_command(out, c, child["child_id"], root, child["command_type"], "", created, n_child, 0)
                 seen: dict[tuple[str, str], str] = {}
                 for task in child["tasks"]:
                     for etype, eid, mode in task["entities"]:
                         seen.setdefault((etype, eid), mode)
                 for (etype, eid), mode in seen.items():
-                    out.insert(ce, etype, eid, child["child_id"], mode)
+                    out.insert(ce, entity_type=etype, entity_id=eid, command_id=child["child_id"], mode=mode)
         if event.kind in ("SubmissionStarted", "TasksSubmitted", "OrphansAdopted", "TasksRefused", "FailureDecided"):
             # the first answer from the agent (or a decision) moves an accepted command on
-            out.keyed(
-                f"UPDATE {c} SET status = 'running' WHERE root_command_id {{match}} AND status = 'accepted'", root
-            )
+            out.update(c, "root_command_id", root, where={"status": "accepted"}, status="running")
         if event.kind == "FailureDecided":
-            out.add(
-                f"UPDATE {c} SET reason = CASE WHEN reason = '' THEN ? ELSE reason END WHERE command_id = ?",
-                event.reason,
-                root,
-            )
+            out.update(c, "command_id", root, where={"reason": ""}, reason=event.reason)
             out.decrement(c, "command_id", root, "uncleared_tasks", len(event.abandoned))
         elif event.kind in ("TasksRefused", "TasksCleared"):
             n = len(event.refused) if event.kind == "TasksRefused" else len(event.task_ids)
@@ -268,7 +290,7 @@ class Commands(ReadModel):
             out.update(c, "command_id", root, status=event.outcome, ended_at=ended, outcome=event.outcome)
             out.update(c, "command_id", root, reason=event.reason)
             if event.flagged:
-                out.keyed(f"UPDATE {c} SET flagged = 1 WHERE command_id {{match}}", root)
+                out.update(c, "command_id", root, flagged=1)
             for child_id, outcome in event.children.items():
                 if child_id != root:
                     out.update(c, "command_id", child_id, status=outcome, ended_at=ended, outcome=outcome)
@@ -279,15 +301,41 @@ class Commands(ReadModel):
     def _terminate(event: RawEvent, out: StatementBatch, c: str, root: str) -> None:
         """The operator ended the command: it and its children not yet ended fail, flagged."""
         ended = _iso(event.timestamp)
-        out.add(
-            f"UPDATE {c} SET status = 'failed', outcome = 'failed', ended_at = ? "
-            "WHERE root_command_id = ? AND ended_at IS NULL",
-            ended,
-            root,
-        )
+        failed = "failed"
+        out.update(c, "root_command_id", root, where={"ended_at": None}, status=failed, outcome=failed, ended_at=ended)
         out.update(c, "command_id", root, reason=f"terminated by the operator: {event.reason}")
-        out.keyed(f"UPDATE {c} SET flagged = 1 WHERE command_id {{match}}", root)
+        out.update(c, "command_id", root, flagged=1)
         out.decrement(c, "command_id", root, "uncleared_tasks", len(event.data.get("never_submitted", ())))
+
+
+def _insert_command(
+    out: StatementBatch,
+    table: str,
+    command_id: str,
+    parent_id: str | None,
+    command_type: str,
+    summary: str,
+    created: str,
+    task_count: int,
+    uncleared: int,
+) -> None:
+    out.insert(
+        table,
+        COMMAND_IDENTITY,
+        command_id=command_id,
+        root_command_id=parent_id or command_id,
+        parent_id=parent_id,
+        command_type=command_type,
+        status="accepted",
+        summary=summary,
+        created_at=created,
+        ended_at=None,
+        outcome=None,
+        reason="",
+        flagged=0,
+        task_count=task_count,
+        uncleared_tasks=uncleared,
+    )
 
 
 def _terminate_tasks(event: RawEvent, out: StatementBatch, table: str) -> None:
@@ -298,6 +346,13 @@ def _terminate_tasks(event: RawEvent, out: StatementBatch, table: str) -> None:
             out.delete(table, "task_id", task_id)
         else:
             out.update(table, "task_id", task_id, status=TaskStatus.FAILED.value)
+
+
+def tasks_leaving(event: RawEvent) -> Iterable[str]:
+    """Tasks that leave the task views with this event: cleared, refused, never to be submitted."""
+    if event.kind == "Terminated":
+        return list(event.data.get("never_submitted", ()))
+    return _tasks_leaving(event)
 
 
 def _tasks_leaving(event: RawEvent) -> Iterable[str]:

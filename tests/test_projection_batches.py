@@ -71,11 +71,12 @@ def _build(orch: Orchestrator, projection: ReadModel, stop: int, batch: int) -> 
             cur.execute(statement)
     position = 0
     while position < stop:
-        notifications = runner._select(position, batch, stop)
+        with tables.write() as cur:
+            notifications = runner._select(cur, position, batch, stop)
+            if notifications:
+                runner._apply(cur, notifications, [(projection, position)], REBUILD_SUFFIX)
         if not notifications:
             break
-        with tables.write() as cur:
-            runner._batch_for(notifications, [(projection, position)], REBUILD_SUFFIX).run(cur, tables)
-        position = notifications[-1].id
+        position = notifications[-1][0]
     with tables.read() as cur:
         return {t: _rows(cur, t + REBUILD_SUFFIX, projection.key_columns(t)) for t in projection.tables}

@@ -43,6 +43,11 @@ WRITER_ATTRIBUTE = "written_by"  # who wrote an event: stored with it, read back
 STORE_OUTAGES: tuple[type[BaseException], ...] = (StoreUnavailableError, OperationalError, InterfaceError)
 
 
+# An entry of the log as the read models read it:
+# (position, originator id as text with dashes, originator version, topic, state)
+LogEntry = tuple[int, str, int, str, bytes]
+
+
 class Dialect(Protocol):
     """What each database module provides to the event store (orchestrator/store/sqlite.py, postgres.py)."""
 
@@ -60,6 +65,12 @@ class Dialect(Protocol):
     def fill_in_flight(self, recorder: Any, ids: Sequence[UUID]) -> None: ...
 
     def has_table(self, recorder: Any, table: str) -> bool: ...
+
+    def log_after(self, cursor: Cursor, after: int, limit: int, stop: int | None) -> list[LogEntry]:
+        """Up to `limit` entries of the log after a position (to `stop`, inclusive), in order, read
+        in a transaction of the store's tables (`Tables`): the read models follow the log this way,
+        without building the library's notification objects."""
+        ...
 
     def tables(self, *, read_only: bool = False) -> Tables: ...
 
@@ -311,6 +322,9 @@ class EventStore:
 
     def has_table(self, table: str) -> bool:
         return self.dialect.has_table(self.recorder, table)
+
+    def log_after(self, cursor: Cursor, after: int, limit: int, stop: int | None = None) -> list[LogEntry]:
+        return self.dialect.log_after(cursor, after, limit, stop)
 
 
 def _uuid(value: UUID | str) -> UUID:

@@ -30,7 +30,7 @@ from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 from orchestrator.errors import StoreError, StoreUnavailableError
-from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.event_store import IN_FLIGHT_TABLE, LogEntry
 from orchestrator.store.leases import (
     ENGINES_TABLE,
     LEASES_TABLE,
@@ -39,7 +39,7 @@ from orchestrator.store.leases import (
     lease_lost,
     lease_table_statements,
 )
-from orchestrator.store.tables import Cursor, Operation, summed
+from orchestrator.store.tables import Cursor, Operation, Where, condition_sql, execute_rows, summed
 from orchestrator.store.url import StoreConfig
 
 EVENTS_TABLE = "orchestrator_events"
@@ -164,6 +164,17 @@ class PostgresDialect:
                 f"INSERT INTO {self._table(IN_FLIGHT_TABLE)} SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                 ([str(i) for i in ids],),
             )
+
+    def log_after(self, cursor: Cursor, after: int, limit: int, stop: int | None) -> list[LogEntry]:
+        bounded = stop is not None
+        bound, params = (" AND notification_id <= ?", [after, stop, limit]) if bounded else ("", [after, limit])
+        cursor.execute(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state"
+            f" FROM {self._table(self.events_table)}"
+            f" WHERE notification_id > ?{bound} ORDER BY notification_id LIMIT ?",
+            params,
+        )
+        return [(int(r[0]), str(r[1]), int(r[2]), str(r[3]), bytes(r[4])) for r in cursor.fetchall()]
 
     # ---- retention: an operator's prune (orchestrator/retention/) -------------------------------
 
@@ -449,11 +460,15 @@ class PostgresTables:
             yield _QmarkCursor(pg.cursor())
 
     def run_group(
-        self, cursor: Cursor, operation: Operation, target: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+        self,
+        cursor: Cursor,
+        operation: Operation,
+        target: str,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        where: Where = (),
     ) -> None:
-        if operation == "keyed":
-            cursor.execute(target.format(match="= ANY(?)"), ([r[0] for r in rows],))
-        elif operation == "decrement":
+        if operation == "decrement":
             key, column = columns
             totals = summed(rows)
             cursor.execute(
@@ -463,21 +478,39 @@ class PostgresTables:
             )
         elif operation == "insert":
             assert isinstance(cursor, _QmarkCursor)
-            with cursor.copy(f"COPY {target} FROM STDIN") as copy:
+            with cursor.copy(f"COPY {target} ({', '.join(columns)}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         elif operation == "delete":
             cursor.execute(f"DELETE FROM {target} WHERE {columns[0]} = ANY(?)", ([r[0] for r in rows],))
         else:
-            latest = {r[0]: r for r in rows}  # a row updated twice in one group keeps its last values
-            key, *assigned = columns
-            arrays = [[r[i] for r in latest.values()] for i in range(len(columns))]
-            unnest = ", ".join("?::text[]" for _ in columns)
-            names = ", ".join(f"c{i}" for i in range(len(columns)))
-            sets = ", ".join(f"{c} = v.c{i + 1}" for i, c in enumerate(assigned))
-            cursor.execute(
-                f"UPDATE {target} AS t SET {sets} FROM unnest({unnest}) AS v({names}) WHERE t.{key} = v.c0", arrays
+            self._update(cursor, target, columns, rows, where)
+
+    @staticmethod
+    def _update(
+        cursor: Cursor, target: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], where: Where
+    ) -> None:
+        """One UPDATE ... FROM unnest(...) for the group; a key updated twice under a condition
+        runs row by row, because the first update decides whether the second still matches."""
+        key, *assigned = columns
+        condition, params = condition_sql(where, "t.")
+        latest = {r[0]: r for r in rows}  # a row updated twice in one group keeps its last values
+        if where and len(latest) < len(rows):
+            sets = ", ".join(f"{c} = ?" for c in assigned)
+            plain, _ = condition_sql(where)
+            execute_rows(
+                cursor, f"UPDATE {target} SET {sets} WHERE {key} = ?{plain}", [(*r[1:], r[0], *params) for r in rows]
             )
+            return
+        arrays = [[r[i] for r in latest.values()] for i in range(len(columns))]
+        types = ["bigint" if any(isinstance(v, int) for v in values) else "text" for values in arrays]
+        unnest = ", ".join(f"?::{t}[]" for t in types)
+        names = ", ".join(f"c{i}" for i in range(len(columns)))
+        sets = ", ".join(f"{c} = v.c{i + 1}" for i, c in enumerate(assigned))
+        cursor.execute(
+            f"UPDATE {target} AS t SET {sets} FROM unnest({unnest}) AS v({names}) WHERE t.{key} = v.c0{condition}",
+            [*arrays, *params],
+        )
 
     def tables_starting(self, cursor: Cursor, prefix: str) -> list[str]:
         cursor.execute(

@@ -24,7 +24,7 @@ from eventsourcing.utils import get_topic
 
 from orchestrator.errors import StoreError
 from orchestrator.store.door import create_private_file, sqlite_uri
-from orchestrator.store.event_store import IN_FLIGHT_TABLE
+from orchestrator.store.event_store import IN_FLIGHT_TABLE, LogEntry
 from orchestrator.store.leases import (
     ENGINES_TABLE,
     LEASES_TABLE,
@@ -33,7 +33,7 @@ from orchestrator.store.leases import (
     lease_lost,
     lease_table_statements,
 )
-from orchestrator.store.tables import Cursor, Operation, execute_rows, summed
+from orchestrator.store.tables import Cursor, Operation, Where, condition_sql, execute_rows, summed
 from orchestrator.store.url import StoreConfig, sqlite_read_only_uri
 
 EVENTS_TABLE = "stored_events"
@@ -129,6 +129,15 @@ class SQLiteDialect:
         with recorder.datastore.transaction(commit=True) as cursor:
             for ident in ids:
                 cursor.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
+
+    def log_after(self, cursor: Cursor, after: int, limit: int, stop: int | None) -> list[LogEntry]:
+        bound, params = (" AND rowid <= ?", [after, stop, limit]) if stop is not None else ("", [after, limit])
+        cursor.execute(
+            f"SELECT rowid, originator_id, originator_version, topic, state FROM {EVENTS_TABLE} WHERE rowid > ?{bound}"
+            " ORDER BY rowid LIMIT ?",
+            params,
+        )
+        return [(int(r[0]), _dashed(str(r[1])), int(r[2]), str(r[3]), bytes(r[4])) for r in cursor.fetchall()]
 
     # ---- retention: an operator's prune (orchestrator/retention/) -------------------------------
 
@@ -358,22 +367,29 @@ class SQLiteTables:
         conn.execute("COMMIT")
 
     def run_group(
-        self, cursor: Cursor, operation: Operation, target: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+        self,
+        cursor: Cursor,
+        operation: Operation,
+        target: str,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        where: Where = (),
     ) -> None:
-        if operation == "keyed":
-            execute_rows(cursor, target.format(match="= ?"), rows)
-        elif operation == "decrement":
+        if operation == "decrement":
             key, column = columns
             sql = f"UPDATE {target} SET {column} = {column} - ? WHERE {key} = ?"
             execute_rows(cursor, sql, [(by, k) for k, by in summed(rows)])
         elif operation == "insert":
-            execute_rows(cursor, f"INSERT INTO {target} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+            names, marks = ", ".join(columns), ", ".join("?" * len(columns))
+            execute_rows(cursor, f"INSERT INTO {target} ({names}) VALUES ({marks})", rows)
         elif operation == "delete":
             execute_rows(cursor, f"DELETE FROM {target} WHERE {columns[0]} = ?", rows)
         else:
             key, *assigned = columns
             sets = ", ".join(f"{c} = ?" for c in assigned)
-            execute_rows(cursor, f"UPDATE {target} SET {sets} WHERE {key} = ?", [(*r[1:], r[0]) for r in rows])
+            condition, params = condition_sql(where)
+            sql = f"UPDATE {target} SET {sets} WHERE {key} = ?{condition}"
+            execute_rows(cursor, sql, [(*r[1:], r[0], *params) for r in rows])
 
     def tables_starting(self, cursor: Cursor, prefix: str) -> list[str]:
         cursor.execute(
@@ -385,6 +401,12 @@ class SQLiteTables:
     def exclusive(self, purpose: str) -> Iterator[bool]:
         with FileLock(lock_file_for(self.path, purpose)).holding() as got:
             yield got
+
+
+def _dashed(originator_id: str) -> str:
+    """The text form of a UUID from the 32 hex digits the library stores (other ids pass as they are)."""
+    h = originator_id
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" if len(h) == 32 else h
 
 
 def _chunks(ids: Sequence[UUID], size: int = 500) -> Iterator[Sequence[UUID]]:

@@ -13,11 +13,12 @@ from contextlib import AbstractContextManager
 from typing import Any, Literal, Protocol
 
 # The structured writes a read model batches (see projections/statements.py):
-#   insert:    rows of a table;  delete: rows whose key column is in a set;
-#   keyed:     one statement that varies by a key only, with `{match}` where "= key" goes;
+#   insert:    rows of a table (`columns` names them);  delete: rows whose key column is in a set;
 #   decrement: counter columns lowered by summed amounts per key;
-#   update:    text columns set per key (the last values of a key win).
-Operation = Literal["insert", "delete", "keyed", "decrement", "update"]
+#   update:    text or integer columns set per key, on the rows that also match `where`
+#              (the last values of a key win, except where a condition makes the order matter).
+Operation = Literal["insert", "delete", "decrement", "update"]
+Where = tuple[tuple[str, Any], ...]  # (column, value) pairs a row must equal; None means IS NULL
 
 
 class Cursor(Protocol):
@@ -45,7 +46,13 @@ class Tables(Protocol):
         """A write transaction, serialised with every other writer of `lock_name`."""
 
     def run_group(
-        self, cursor: Cursor, operation: Operation, target: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+        self,
+        cursor: Cursor,
+        operation: Operation,
+        target: str,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]],
+        where: Where = (),
     ) -> None:
         """Run one group of structured writes in as few statements as this database allows."""
 
@@ -64,6 +71,12 @@ def execute_rows(cursor: Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> Non
         cursor.execute(sql, rows[0])
     else:
         cursor.executemany(sql, rows)
+
+
+def condition_sql(where: Where, prefix: str = "") -> tuple[str, list[Any]]:
+    """` AND col = ?` (or `IS NULL`) for each pair of a condition, and its parameters."""
+    parts = [f" AND {prefix}{c} IS NULL" if v is None else f" AND {prefix}{c} = ?" for c, v in where]
+    return "".join(parts), [v for _, v in where if v is not None]
 
 
 def summed(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, int]]:
