@@ -11,7 +11,6 @@ the old view or the new one, never a half-built one.
 
 from __future__ import annotations
 
-import gc
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from orchestrator.collector import collector_paused
 from orchestrator.domain.commands import RootCommand
 from orchestrator.errors import OrchestratorError, damaged_event
 from orchestrator.store.event_store import EventStore, LogEntry
@@ -35,23 +35,6 @@ BATCH_SIZE = 2000  # events per transaction: larger batches coalesce more, but h
 RELEVANT_PREFIX = RootCommand.Accepted.__module__ + ":RootCommand."
 
 ProgressCallback = Callable[[int, int], None]  # (position, head)
-
-
-@contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a batch is built and written.
-
-    A batch allocates tens of thousands of containers (decoded events, rows) that live until it
-    ends and hold no cycles, so reference counting frees them; the collector would meanwhile run
-    several full passes over the whole heap for nothing (a quarter of a large catch-up's time).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class RebuildBusyError(OrchestratorError):
@@ -154,7 +137,7 @@ class ReadModelRunner:
         self, cur: Cursor, notifications: Sequence[LogEntry], targets: list[tuple[ReadModel, int]], suffix: str
     ) -> None:
         """Apply a batch of events in the caller's transaction."""
-        with cyclic_gc_paused():
+        with collector_paused():
             self._batch_for(notifications, targets, suffix).run(cur, self.db)
 
     def _batch_for(
@@ -183,9 +166,9 @@ class ReadModelRunner:
                     return total
                 self._apply(cur, notifications, targets, "")
                 last = notifications[-1][0]
-                for p, pos in targets:
-                    if last > pos:
-                        cur.execute(f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection = ?", (last, p.name))
+                behind = [p.name for p, pos in targets if last > pos]
+                marks = ", ".join("?" * len(behind))
+                cur.execute(f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection IN ({marks})", (last, *behind))
             total += len(notifications)
             if len(notifications) < batch_size:
                 return total

@@ -47,6 +47,8 @@ SECTIONS = {
     "network": "network",
     "writecost": "write_cost",
     "cycle": "cycle",
+    "single": "single_command",
+    "insert": "insert_rate",
     "rebuild": "rebuild",
     "recovery": "recovery",
     "queries": "queries",

@@ -31,6 +31,7 @@ class Sizes:
     engine_counts: tuple[int, ...]  # engine processes on one database, for the engines section
     engines_commands: int  # RemoveVm commands per engines run, spread over its pools
     lease_cost_seconds: float  # idle engines watched, to count the lease's statements
+    single_commands: int = 30  # RemoveVm commands run one at a time (single)
     retention_history_events: int = 2_000_000  # events of ended history, 90% of it pruned (retention)
     retention_in_flight: int = 1000  # commands in flight beside it, tasks running on the agent (retention)
 
@@ -71,6 +72,7 @@ QUICK = Sizes(
     engines_commands=40,
     lease_cost_seconds=8.0,
     retention_history_events=20_000,
+    single_commands=5,
     retention_in_flight=50,
 )
 

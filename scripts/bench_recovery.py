@@ -9,7 +9,7 @@ The ended history is written through the real aggregates, not the engine:
 each history command is planned by the real RemoveVm flow (against an
 in-memory copy of a 4-disk VM) and taken through the same aggregate methods
 the engine calls (tasks submitted, tasks ended, end action
-started, ended, tasks cleared), and saved 1,000 commands to a transaction.
+started, ended, tasks cleared), and saved 250 commands to a transaction.
 Their inventory events (locks, removals) and their agent journal rows are not
 written: recovery reads neither for ended commands.
 """
@@ -34,7 +34,7 @@ from scripts.bench_plan import DISKS_PER_VM, SectionRun
 from scripts.bench_stores import Scratch, Store
 
 TASK_SECONDS = 24 * 3600.0
-HISTORY_BATCH = 1000
+HISTORY_BATCH = 250  # commands a transaction (1,500 events: psycopg can hang on one huge pipelined insert, psycopg#685)
 
 
 @dataclass

@@ -267,6 +267,9 @@ def _rebuild_table(backends: dict[str, Any]) -> Table:
             )
         if "commit_rate" in r:
             t.add_row(backend, "raw driver: 1-row write transactions", "-", "-", figure(r["commit_rate"]) + " tx/s")
+        if "insert_rate" in r:
+            rate = figure(r["insert_rate"]) + " ev/s"
+            t.add_row(backend, "raw driver: event rows, 100 a transaction", "-", "-", rate)
     return t
 
 
@@ -393,6 +396,71 @@ def _yes(ok: bool) -> str:
     return "[green]met[/]" if ok else "[red]missed[/]"
 
 
+def _single_table(backends: dict[str, Any]) -> Table:
+    t = Table(title="One RemoveVm of 4 disks, instant agent, accept to cleared (medians, ms)")
+    for col in ("store", "step", "time", "transactions", "their time", "events"):
+        t.add_column(col, justify="left" if col in ("store", "step") else "right")
+    for backend, r in backends.items():
+        if not (single := r.get("single_command")):
+            continue
+        for step, x in single["steps"].items():
+            nested = " " if step not in ("accept", "engine cycle") else ""
+            t.add_row(
+                backend,
+                nested + step,
+                f"{x['seconds'] * 1000:.2f}",
+                f"{x['transactions']:.0f}",
+                f"{x['transaction_seconds'] * 1000:.2f}",
+                f"{x['events']:.0f}",
+            )
+        t.add_row(
+            backend,
+            "[b]accept to cleared[/]",
+            f"{single['seconds'] * 1000:.2f}",
+            f"{single['transactions']:.0f}",
+            "",
+            f"{single['events']:.0f}",
+        )
+    return t
+
+
+def _limit_table(backends: dict[str, Any]) -> Table:
+    """Our rates as a share of what the bare driver allows on the same machine, in the same run."""
+    t = Table(title="The machine's limit: raw driver rates, and our throughput as a share of them")
+    for col in (
+        "store",
+        "raw commits tx/s",
+        "raw event inserts ev/s",
+        "in flight",
+        "ours tasks/s",
+        "our events/s",
+        "share of inserts",
+        "our commits/s",
+        "share of commits",
+    ):
+        t.add_column(col, justify="left" if col == "store" else "right")
+    for backend, r in backends.items():
+        commits, inserts = r.get("commit_rate"), r.get("insert_rate")
+        if commits is None or inserts is None:
+            continue
+        for lv in r.get("throughput", []):
+            commands = lv["ours_tasks_per_second"] / 4
+            events = commands * lv.get("events_per_command", float("nan"))
+            tx = commands * lv.get("transactions_per_command", float("nan"))
+            t.add_row(
+                backend,
+                figure(commits),
+                figure(inserts),
+                figure(lv["in_flight"]),
+                figure(lv["ours_tasks_per_second"]),
+                figure(events),
+                f"{events / inserts:.0%}",
+                figure(tx),
+                f"{tx / commits:.0%}",
+            )
+    return t
+
+
 def _targets_table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="Targets")
     for col in ("target", "store", "figure", "verdict"):
@@ -409,7 +477,9 @@ def print_report(console: Console, doc: dict[str, Any]) -> None:
         _network_table(backends),
         _write_cost_table(backends),
         _write_split_table(backends),
+        _limit_table(backends),
         _cycle_table(backends),
+        _single_table(backends),
         _recovery_table(backends),
         _setup_table(backends),
         _query_table(backends),

@@ -26,13 +26,18 @@ class ThroughputRun(LifecycleRun):
     max_lag: int
     violations: list[str]
     succeeded: int
+    events_per_command: float = 0.0  # events the run recorded (commands and inventory)
+    transactions_per_command: float = 0.0  # accepts, engine saves and read-model catch-ups that wrote
 
 
 def run_throughput(
     scratch: Scratch, backend: str, in_flight: int, commands: int, *, batched: bool = False
 ) -> ThroughputRun:
     with harness(scratch, scratch.store(backend, f"tp{in_flight}"), commands) as h:
+        head, catch_ups = h.orch.read_models.runner.head(), h.lag.writes
         loop = run_closed_loop(h, in_flight, commands, batched=batched)
+        accepts = -(-commands // in_flight) if batched else commands
+        transactions = accepts + loop.engine_transactions + h.lag.writes - catch_ups
         succeeded = sum(1 for i in loop.accepted_ids if h.orch.command(i).status is CommandStatus.SUCCEEDED)
         return ThroughputRun(
             seconds=loop.seconds,
@@ -44,6 +49,8 @@ def run_throughput(
             max_lag=h.lag.max_lag,
             violations=invariant_violations(h, loop.accepted_ids),
             succeeded=succeeded,
+            events_per_command=(h.orch.read_models.runner.head() - head) / commands,
+            transactions_per_command=transactions / commands,
         )
 
 
@@ -83,6 +90,8 @@ def throughput_level(run: SectionRun, in_flight: int, commands: int) -> dict[str
         "ours_tasks_per_second_without_agent": median([r.tasks_per_second_without_agent for r in ours]),
         "dbos_tasks_per_second_without_agent": median([r.tasks_per_second_without_agent for r in dbos]),
         "ours_cycles": median([r.cycles for r in ours]),
+        "events_per_command": median([r.events_per_command for r in ours]),
+        "transactions_per_command": median([r.transactions_per_command for r in ours]),
         "max_projection_lag_events": max(r.max_lag for r in ours),
         "dbos_mode": dbos[0].mode,
         "ours_succeeded": min(r.succeeded for r in ours),

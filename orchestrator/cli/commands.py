@@ -64,7 +64,8 @@ def seed(
     Shows its progress on a terminal. Exit codes: 4 bad option; 5 another seed ran at the same time;
     6 no such pool; 7 the pool's agent cannot be reached or is not a simulator.
     """
-    from orchestrator.cli.progress import collector_paused, seed_progress
+    from orchestrator.cli.progress import seed_progress
+    from orchestrator.collector import collector_paused
     from orchestrator.documents import as_document
 
     if status not in ("up", "down"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,16 +42,3 @@ def seed_progress(service: CommandService, vms: int, disks: int) -> Iterator[Non
         finally:
             service.on_saved = None
         progress.update(job, description="seeded", completed=total)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection for a while: a seed makes hundreds of thousands of long-lived
-    aggregates, and rescanning them took a fifth of a 5,000-VM seed (30 s, 24 s without)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

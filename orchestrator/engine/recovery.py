@@ -15,14 +15,13 @@ and, if this process dies first, by the next start.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from uuid import UUID
 
 from orchestrator.agent.port import AgentTaskStatus, view_of
+from orchestrator.collector import collector_paused
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EndKind, FailureCause, TaskStatus, parse_agent_task_key
@@ -36,19 +35,6 @@ from orchestrator.store.event_store import EventStore
 from orchestrator.store.unit_of_work import InventoryUnit
 
 log = logging.getLogger("orchestrator.engine")
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Recovery builds many small objects that all live on; the cyclic garbage collector would
-    scan them over and over while they are made (a third of the time at 10,000 commands)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def load_in_flight(store: EventStore) -> tuple[int, list[RootCommand]]:

@@ -23,7 +23,6 @@ from eventsourcing.persistence import (
     PersistenceError,
     StoredEvent,
 )
-from eventsourcing.system import NotificationLogReader
 from eventsourcing.utils import TopicError
 
 from orchestrator.domain.commands import RootCommand
@@ -59,6 +58,13 @@ class Dialect(Protocol):
     def latest_snapshots(self, recorder: Any, ids: Sequence[UUID]) -> list[StoredEvent]: ...
 
     def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]: ...
+
+    def snapshots_and_events(
+        self, recorder: Any, snapshots: bool, known: Sequence[tuple[UUID, int | None]]
+    ) -> tuple[list[StoredEvent], list[StoredEvent]]:
+        """For each (id, known version): the latest snapshot where the version is unknown (None,
+        and `snapshots` on), and every event after the known version or that snapshot, in order."""
+        ...
 
     def in_flight_ids(self, recorder: Any) -> list[UUID]: ...
 
@@ -140,7 +146,6 @@ class EventStore:
         self.config = config
         self.dialect = dialect
         self.app = app
-        self.reader = NotificationLogReader(app.notification_log, section_size=LOG_PAGE)
 
     @classmethod
     def open(cls, config: StoreConfig, dialect: Dialect, *, create_tables: bool, read_only: bool = False) -> EventStore:
@@ -242,11 +247,11 @@ class EventStore:
     # ---- reading many -----------------------------------------------------------------------
 
     def load_aggregates(self, ids: list[UUID]) -> dict[UUID, Any]:
-        """Aggregates by id, in two queries per chunk whatever their number.
+        """Aggregates by id, in one round trip per chunk whatever their number (two queries on SQLite).
 
         Cached aggregates are brought up to date, the others start from their latest
-        snapshot (one query for all of them); then one query fetches every event after
-        those versions. Newly loaded aggregates go into the cache.
+        snapshot; every event after those versions comes with the snapshots. Newly
+        loaded aggregates go into the cache.
         """
         cache: Any = self.app.repository.cache
         found: dict[UUID, Any] = {}
@@ -256,16 +261,18 @@ class EventStore:
                 found[ident] = cache.get(ident)
             except KeyError:
                 missing.append(ident)
-        for snapshot in self._chunked(self._latest_snapshots, missing):
-            found[_uuid(snapshot.originator_id)] = self.app.mapper.to_domain_event(snapshot).mutate(None)  # type: ignore[attr-defined]
-        versions = [(i, found[i].version if i in found else 0) for i in ids]
-        for stored in self._chunked(self._events_after, versions):
-            ident = _uuid(stored.originator_id)
-            aggregate = found.get(ident)
-            if aggregate is None and stored.originator_version == 1:
-                found[ident] = self.app.mapper.to_domain_event(stored).mutate(None)  # type: ignore[attr-defined]
-            elif aggregate is not None and stored.originator_version == aggregate.version + 1:
-                self.app.mapper.to_domain_event(stored).mutate(aggregate)  # type: ignore[attr-defined]
+        for start in range(0, len(ids), LOAD_CHUNK):
+            chunk = [(i, found[i].version if i in found else None) for i in ids[start : start + LOAD_CHUNK]]
+            snapshots, events = self.dialect.snapshots_and_events(self.recorder, self.app.snapshots is not None, chunk)
+            for snapshot in snapshots:
+                found[_uuid(snapshot.originator_id)] = self.app.mapper.to_domain_event(snapshot).mutate(None)  # type: ignore[attr-defined]
+            for stored in events:
+                ident = _uuid(stored.originator_id)
+                aggregate = found.get(ident)
+                if aggregate is None and stored.originator_version == 1:
+                    found[ident] = self.app.mapper.to_domain_event(stored).mutate(None)  # type: ignore[attr-defined]
+                elif aggregate is not None and stored.originator_version == aggregate.version + 1:
+                    self.app.mapper.to_domain_event(stored).mutate(aggregate)  # type: ignore[attr-defined]
         for ident in missing:
             if ident in found:
                 cache.put(ident, found[ident])
@@ -285,11 +292,6 @@ class EventStore:
                 out.append(command)
         return out
 
-    def _latest_snapshots(self, ids: Sequence[UUID]) -> list[StoredEvent]:
-        if not ids or self.app.snapshots is None:
-            return []
-        return self.dialect.latest_snapshots(self.app.snapshots.recorder, ids)
-
     def _events_after(self, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
         return self.dialect.events_after(self.recorder, versions) if versions else []
 
@@ -307,7 +309,16 @@ class EventStore:
         self, *, after: int, topics: Sequence[str] = (), stop: int | None = None
     ) -> Iterator[Sequence[Notification]]:
         """Pages of the log after a position, optionally of some topics only, up to `stop`."""
-        return self.reader.select(start=after, stop=stop, topics=topics, inclusive_of_start=False)
+        # The library's reader asks again until a page comes back empty; a short page is the last.
+        while True:
+            page = self.recorder.select_notifications(
+                start=after, limit=LOG_PAGE, stop=stop, topics=topics, inclusive_of_start=False
+            )
+            if page:
+                yield page
+            if len(page) < LOG_PAGE:
+                return
+            after = page[-1].id
 
     def originators(self, topics: Sequence[str], *, after: int = 0) -> Iterator[UUID]:
         for page in self.notifications(after=after, topics=topics):

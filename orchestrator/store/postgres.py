@@ -63,6 +63,11 @@ class InFlightRecorder(PostgresApplicationRecorder):
             "SELECT 1 FROM {} WHERE pool_id = %s AND engine_id = %s AND epoch = %s FOR SHARE"  # type: ignore[arg-type]
         ).format(SQL(leases))  # type: ignore[arg-type]
 
+    def _notify_channel(self, curs: Any) -> None:
+        """No NOTIFY with each insert: nothing here LISTENs (the read models and the engine read the
+        log by position), and a notifying transaction takes the database-wide notify lock at commit,
+        serialising every engine's commits behind it."""
+
     def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
         fence: WriteFence | None = kwargs.get("fence")
@@ -152,6 +157,35 @@ class PostgresDialect:
             " ORDER BY e.originator_id, e.originator_version"
         )
         return self.select_stored(recorder, sql, [[i for i, _ in versions], [v for _, v in versions]])
+
+    def snapshots_and_events(
+        self, recorder: Any, snapshots: bool, known: Sequence[tuple[UUID, int | None]]
+    ) -> tuple[list[StoredEvent], list[StoredEvent]]:
+        """One statement: the latest snapshot of each aggregate whose version is unknown (-1 below),
+        and every event after the known version or that snapshot (part 1: snapshots, part 2: events)."""
+        events, snaps = self._table(recorder.events_table_name), self._table(self.snapshots_table)
+        latest = (
+            f"SELECT DISTINCT ON (x.originator_id) x.originator_id, x.originator_version, x.topic, x.state"
+            f" FROM {snaps} x JOIN v ON x.originator_id = v.id AND v.known < 0"
+            " ORDER BY x.originator_id, x.originator_version DESC"
+            if snapshots
+            else "SELECT NULL::uuid AS originator_id, 0 AS originator_version, '' AS topic, ''::bytea AS state LIMIT 0"
+        )
+        sql = (
+            f"WITH v AS (SELECT * FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, known)), s AS ({latest})"
+            " SELECT 1 AS part, originator_id, originator_version, topic, state FROM s"
+            " UNION ALL"
+            " SELECT 2, e.originator_id, e.originator_version, e.topic, e.state"
+            " FROM v LEFT JOIN s ON s.originator_id = v.id CROSS JOIN LATERAL ("
+            f"SELECT * FROM {events} x WHERE x.originator_id = v.id"
+            " AND x.originator_version > GREATEST(v.known, COALESCE(s.originator_version, 0)) OFFSET 0) e"
+            " ORDER BY 1, 2, 3"
+        )
+        params = [[i for i, _ in known], [-1 if version is None else version for _, version in known]]
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        return _stored([r for r in rows if r["part"] == 1]), _stored([r for r in rows if r["part"] == 2])
 
     def in_flight_ids(self, recorder: Any) -> list[UUID]:
         with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:

@@ -31,7 +31,8 @@ class InventoryUnit:
         if ref not in self.entities:
             if ref.type not in ENTITY_CLASSES:
                 return None
-            entity = self.store.get(entity_aggregate_id(ref))
+            ident = entity_aggregate_id(ref)
+            entity = self.store.load_aggregates([ident]).get(ident)  # one round trip, snapshot and events
             if entity is None:
                 return None
             assert isinstance(entity, InventoryEntity)
