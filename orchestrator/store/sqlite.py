@@ -125,12 +125,30 @@ class SQLiteDialect:
     def snapshots_and_events(
         self, recorder: Any, snapshots: bool, known: Sequence[tuple[UUID, int | None]]
     ) -> tuple[list[StoredEvent], list[StoredEvent]]:
-        """Two queries (no round trip to save on a file): the snapshots, then the events after them."""
-        unknown = [i for i, version in known if version is None]
-        found = self._latest_in(recorder, SNAPSHOTS_TABLE, unknown) if snapshots and unknown else []
-        at = {UUID(str(s.originator_id)): s.originator_version for s in found}
-        after = [(i, version if version is not None else at.get(i, 0)) for i, version in known]
-        return found, self.events_after(recorder, after) if after else []
+        """One statement in one read transaction: the latest snapshot of each aggregate whose version
+        is unknown (-1 below), and every event after the known version or that snapshot."""
+        newest = f"SELECT MAX(y.originator_version) FROM {SNAPSHOTS_TABLE} y WHERE y.originator_id = x.originator_id"
+        latest = (
+            f"SELECT x.originator_id, x.originator_version, x.topic, x.state FROM {SNAPSHOTS_TABLE} x"
+            f" JOIN v ON x.originator_id = v.id AND v.known < 0 WHERE x.originator_version = ({newest})"
+            if snapshots
+            else "SELECT NULL AS originator_id, 0 AS originator_version, '' AS topic, x'' AS state WHERE 0"
+        )
+        values = ",".join("(?, ?)" for _ in known)
+        sql = (
+            f"WITH v(id, known) AS (VALUES {values}), s AS ({latest})"
+            " SELECT 1 AS part, originator_id, originator_version, topic, state FROM s"
+            " UNION ALL"
+            " SELECT 2, e.originator_id, e.originator_version, e.topic, e.state"
+            f" FROM v LEFT JOIN s ON s.originator_id = v.id JOIN {recorder.events_table_name} e"
+            " ON e.originator_id = v.id AND e.originator_version > max(v.known, coalesce(s.originator_version, 0))"
+            " ORDER BY 1, 2, 3"
+        )
+        params = [x for i, version in known for x in (i.hex, -1 if version is None else version)]
+        with recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        return rows_as_stored([r for r in rows if r["part"] == 1]), rows_as_stored([r for r in rows if r["part"] == 2])
 
     def in_flight_ids(self, recorder: Any) -> list[UUID]:
         with recorder.datastore.transaction(commit=False) as cursor:
