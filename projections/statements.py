@@ -26,15 +26,15 @@ GroupKey = tuple[int, str, str, tuple[str, ...], Where]  # rank, operation, tabl
 
 @dataclass
 class StatementBatch:
-    groups: dict[GroupKey, list[tuple[Any, ...]]] = field(default_factory=dict)
-    rank: int = 0
-    inserted: dict[str, list[Row]] = field(default_factory=dict)
-    fresh: dict[tuple[str, str, Any], list[Row]] = field(default_factory=dict)
-    removed: set[int] = field(default_factory=set)
-    # (identity column, key) of rows known to leave again within this batch: inserting them and
-    # changing them is skipped, since no reader could see them between its transaction's start and end
+    groups: dict[GroupKey, list[tuple[Any, ...]]] = field(default_factory=dict)  # writes to older rows
+    rank: int = 0  # the lifecycle rank of the event being applied
+    inserted: dict[str, list[Row]] = field(default_factory=dict)  # table -> rows this batch inserts
+    fresh: dict[tuple[str, str, Any], list[Row]] = field(default_factory=dict)  # (table, identity, key) -> rows
+    removed: set[int] = field(default_factory=set)  # ids of inserted rows deleted again
+    # (identity column, key) of rows known to leave again within this batch (the caller says, from
+    # the batch's events): they are never inserted, since no reader sees inside a transaction
     doomed: set[tuple[str, Any]] = field(default_factory=set)
-    gone: set[tuple[str, str, Any]] = field(default_factory=set)
+    gone: set[tuple[str, str, Any]] = field(default_factory=set)  # (table, identity, key) skipped as doomed
 
     def add(self, sql: str, *params: Any) -> None:
         """Any statement (run with `executemany` on both stores)."""

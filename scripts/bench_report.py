@@ -363,7 +363,7 @@ def _lease_cost_table(backends: dict[str, Any]) -> Table:
 
 def _retention_table(backends: dict[str, Any]) -> Table:
     t = Table(title="Retention: a large history, before and after pruning 90% of it (medians)")
-    for col in ("store", "when", "events in log", "recover() s", "has running p50 ms", "p99 ms", "idle cycle ms"):
+    for col in ("store", "when", "log head", "recover() s", "has running p50 ms", "p99 ms", "idle cycle ms"):
         t.add_column(col, justify="left" if col in ("store", "when") else "right")
     for col in ("store MiB", "prune"):
         t.add_column(col, justify="right" if col != "prune" else "left")
