@@ -55,8 +55,6 @@ class Dialect(Protocol):
     events_table: str
     snapshots_table: str
 
-    def latest_snapshots(self, recorder: Any, ids: Sequence[UUID]) -> list[StoredEvent]: ...
-
     def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]: ...
 
     def snapshots_and_events(

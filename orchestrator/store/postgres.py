@@ -142,12 +142,6 @@ class PostgresDialect:
             cursor.execute(sql, params)
             return _stored(cursor.fetchall())
 
-    def latest_snapshots(self, recorder: Any, ids: Sequence[UUID]) -> list[StoredEvent]:
-        table = self._table(recorder.events_table_name)
-        newest = f"SELECT * FROM {table} x WHERE x.originator_id = v.id ORDER BY x.originator_version DESC LIMIT 1"
-        sql = f"SELECT s.* FROM unnest(%s::uuid[]) AS v(id) CROSS JOIN LATERAL ({newest}) s"
-        return self.select_stored(recorder, sql, [list(ids)])
-
     def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
         table = self._table(recorder.events_table_name)
         lookup = f"SELECT * FROM {table} x WHERE x.originator_id = v.id AND x.originator_version > v.ver OFFSET 0"

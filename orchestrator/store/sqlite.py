@@ -104,15 +104,6 @@ class SQLiteDialect:
             cursor.execute(sql, params)
             return rows_as_stored(cursor.fetchall())
 
-    def latest_snapshots(self, recorder: Any, ids: Sequence[UUID]) -> list[StoredEvent]:
-        return self._latest_in(recorder, recorder.events_table_name, ids)
-
-    def _latest_in(self, recorder: Any, table: str, ids: Sequence[UUID]) -> list[StoredEvent]:
-        marks = ",".join("?" * len(ids))
-        newest = f"SELECT MAX(originator_version) FROM {table} x WHERE x.originator_id = s.originator_id"
-        sql = f"SELECT * FROM {table} s WHERE originator_id IN ({marks}) AND originator_version = ({newest})"
-        return self.select_stored(recorder, sql, [i.hex for i in ids])
-
     def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
         values = ",".join("(?, ?)" for _ in versions)
         sql = (
