@@ -5,13 +5,9 @@ The floor under any write path: no orchestrator code runs here.
 
 from __future__ import annotations
 
-import sqlite3
-
-import psycopg
-
 from scripts.bench_numbers import Stopwatch, median
 from scripts.bench_plan import SectionRun
-from scripts.bench_stores import PG_DSN, Scratch, Store
+from scripts.bench_stores import Scratch, Store, bare_postgres, bare_sqlite
 
 
 def commit_rate(scratch: Scratch, backend: str, samples: int) -> float:
@@ -25,23 +21,18 @@ def commit_rate(scratch: Scratch, backend: str, samples: int) -> float:
 
 
 def sqlite_commits(store: Store, samples: int) -> float:
-    assert store.path is not None
-    conn = sqlite3.connect(store.path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")  # as eventsourcing sets it
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-    watch = Stopwatch()
-    for i in range(samples):
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO t VALUES (?, 'x')", (i,))
-        conn.execute("COMMIT")
-    seconds = watch.seconds
-    conn.close()
-    return samples / seconds
+    with bare_sqlite(store) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        watch = Stopwatch()
+        for i in range(samples):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (?, 'x')", (i,))
+            conn.execute("COMMIT")
+        return samples / watch.seconds
 
 
 def postgres_commits(store: Store, samples: int) -> float:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {store.schema}")
+    with bare_postgres(store) as conn:
         conn.execute(f"CREATE TABLE {store.schema}.t (id BIGINT PRIMARY KEY, v TEXT)")
         watch = Stopwatch()
         for i in range(samples):

@@ -8,14 +8,11 @@ transaction's rows with one `executemany`, PostgreSQL with one COPY.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
-
-import psycopg
 
 from scripts.bench_numbers import Stopwatch, median
 from scripts.bench_plan import SectionRun
-from scripts.bench_stores import PG_DSN, Scratch, Store
+from scripts.bench_stores import Scratch, Store, bare_postgres, bare_sqlite
 
 PER_TRANSACTION = 100
 STATE = b"x" * 600  # bytes: about the mean state of a RemoveVm's events
@@ -36,28 +33,23 @@ def _batches(events: int) -> list[list[tuple[str, int, str, bytes]]]:
 
 
 def sqlite_inserts(store: Store, events: int) -> float:
-    assert store.path is not None
-    conn = sqlite3.connect(store.path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")  # as eventsourcing sets it
-    conn.execute(
-        "CREATE TABLE e (originator_id TEXT, originator_version INTEGER, topic TEXT, state BLOB,"
-        " PRIMARY KEY (originator_id, originator_version))"
-    )
-    batches = _batches(events)
-    watch = Stopwatch()
-    for rows in batches:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO e VALUES (?, ?, ?, ?)", rows)
-        conn.execute("COMMIT")
-    seconds = watch.seconds
-    conn.close()
-    return events / seconds
+    with bare_sqlite(store) as conn:
+        conn.execute(
+            "CREATE TABLE e (originator_id TEXT, originator_version INTEGER, topic TEXT, state BLOB,"
+            " PRIMARY KEY (originator_id, originator_version))"
+        )
+        batches = _batches(events)
+        watch = Stopwatch()
+        for rows in batches:
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO e VALUES (?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        return events / watch.seconds
 
 
 def postgres_inserts(store: Store, events: int) -> float:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+    with bare_postgres(store) as conn:
         table = f"{store.schema}.e"
-        conn.execute(f"CREATE SCHEMA {store.schema}")
         conn.execute(
             f"CREATE TABLE {table} (notification_id BIGSERIAL, originator_id UUID, originator_version INTEGER,"
             " topic TEXT, state BYTEA, PRIMARY KEY (originator_id, originator_version))"

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -66,6 +68,26 @@ class Scratch:
 def drop_schema(schema: str) -> None:
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(psycopg.sql.Identifier(schema)))
+
+
+@contextmanager
+def bare_sqlite(store: Store) -> Iterator[sqlite3.Connection]:
+    """The bare driver on the store's file, in autocommit and WAL mode (as eventsourcing sets it)."""
+    assert store.path is not None
+    conn = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def bare_postgres(store: Store) -> Iterator[psycopg.Connection[Any]]:
+    """The bare driver in autocommit, with the store's schema created (empty)."""
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {store.schema}")
+        yield conn
 
 
 @contextmanager
