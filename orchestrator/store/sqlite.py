@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore, SQLiteFactory
+from eventsourcing.persistence import InterfaceError, StoredEvent
+from eventsourcing.sqlite import (
+    SQLITE3_DEFAULT_LOCK_TIMEOUT,
+    SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteFactory,
+)
 from eventsourcing.utils import get_topic
 
 from orchestrator.errors import StoreError
@@ -75,10 +83,54 @@ class InFlightRecorder(SQLiteApplicationRecorder):
         return ids
 
 
+STATEMENT_CACHE = 128  # prepared statements kept per connection (sqlite3's default)
+
+
+class StatementCachingPool(SQLiteConnectionPool):
+    """The library's pool, but each connection keeps its prepared statements.
+
+    The library opens its connections with `cached_statements=True`, a cache of one statement:
+    every `BEGIN` pushes the last query out, so each query is compiled again (on a one-entity
+    load, 120 of its 145 microseconds). The connection is otherwise opened as the library does.
+    """
+
+    def _create_connection(self) -> SQLiteConnection:
+        try:
+            c = sqlite3.connect(
+                database=self.db_name,
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,  # autocommit: the library's transactions issue BEGIN themselves
+                cached_statements=STATEMENT_CACHE,
+                timeout=self.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT,
+            )
+        except (sqlite3.Error, TypeError) as e:
+            raise InterfaceError(e) from e  # as the library's pool raises it
+        if not self.is_journal_mode_wal:
+            c.execute("PRAGMA journal_mode=WAL")
+            self.is_journal_mode_wal = True
+        c.row_factory = sqlite3.Row
+        return SQLiteConnection(sqlite_conn=c, max_age=self.max_age)
+
+
 class Factory(SQLiteFactory):
-    """The library's SQLite factory with our recorder."""
+    """The library's SQLite factory with our recorder and our connection pool."""
 
     application_recorder_class = InFlightRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        pool = self.datastore.pool
+        self.datastore.pool = StatementCachingPool(
+            db_name=pool.db_name,
+            lock_timeout=pool.lock_timeout,
+            pool_size=pool.pool_size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.pool_timeout,
+            max_age=pool.max_age,
+            pre_ping=pool.pre_ping,
+        )
+        pool.close()
 
 
 FACTORY_TOPIC = get_topic(Factory)
