@@ -24,7 +24,7 @@ from orchestrator.agent.port import CreateResult, TaskSpec
 from orchestrator.bootstrap import Orchestrator, build_engine
 from orchestrator.crashpoints import CRASH_EXIT_CODE
 from orchestrator.domain.inventory import Disk, Template, Vm
-from orchestrator.domain.model import CommandStatus, EndKind, EntityRef, EntityType, TaskStatus
+from orchestrator.domain.model import CommandStatus, EndKind, EntityRef, EntityType, TaskStatus, entity_aggregate_id
 from orchestrator.errors import EntityLockedError
 from orchestrator.testing import FaultConfig, SimulatedAgent, SimulatedAgentBackend
 from tests.conftest import (
@@ -507,3 +507,26 @@ def test_a_refused_task_does_not_compensate_while_the_other_tasks_run(store_url:
         assert template is not None and template.removed
         assert held(orch) == []
         invariants_hold(orch, agent_state, expected_commands=[UUID(str(command.id))])
+
+
+def test_a_removal_gives_up_the_removers_lock_in_the_same_event(orch: Orchestrator, agent: SimulatedAgent) -> None:
+    """A removed VM and its disks end their histories with `Removed` and hold no lock; the storage
+    domain, which stays, records the release of its read lock."""
+    orch.seed(1, 2)
+    vm = orch.entity(EntityRef(EntityType.VM, "vm-0001"))
+    assert isinstance(vm, Vm)
+    removed = [vm.ref, *(EntityRef(EntityType.DISK, d) for d in vm.disk_ids)]
+    done = orch.submit("RemoveVm", {"vm_id": "vm-0001"})
+    run_until_idle(orch, agent)
+    assert orch.command(done.command_id).status is CommandStatus.SUCCEEDED
+    for ref in removed:
+        entity = orch.entity(ref)
+        assert entity is not None and entity.removed and entity.locks == {}
+        topics = [type(e).__qualname__.split(".")[-1] for e in orch.store.events_of(entity_aggregate_id(ref))]
+        assert topics[-2:] == ["LockTaken", "Removed"], (ref, topics)
+    disk = orch.entity(removed[1])
+    assert isinstance(disk, Disk)
+    domain = EntityRef(EntityType.STORAGE_DOMAIN, disk.storage_domain_id)
+    topics = [type(e).__qualname__.split(".")[-1] for e in orch.store.events_of(entity_aggregate_id(domain))]
+    assert topics[-1] == "LockReleased"
+    assert held(orch) == []

@@ -84,10 +84,16 @@ class InventoryEntity(Aggregate):
             aggregate.writers.pop(self.command_id, None)
 
     class Removed(Aggregate.Event):
+        """The entity is gone, and the lock its remover held goes with it: one event, not a
+        `LockReleased` after it (before, one always followed in the same transaction, so
+        histories recorded either way replay to the same state)."""
+
         command_id: str
 
         def apply(self, aggregate: InventoryEntity) -> None:
             aggregate.removed = True
+            aggregate.locks.pop(self.command_id, None)
+            aggregate.writers.pop(self.command_id, None)
 
     def __init__(self, entity_id: str, attrs: dict[str, Any]) -> None:
         self.entity_id = entity_id
