@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.bootstrap import Orchestrator
 from orchestrator.store import parse_store_url
 from orchestrator.store.url import _without_schema_param
 from tests.conftest import PG_DSN
@@ -90,3 +91,18 @@ def test_libpq_urls_are_passed_on_byte_for_byte() -> None:
     assert config.conninfo["options"] == "-c a=b" and config.host == "h1,h2"
     assert "p@ss" not in config.redacted and "k3y" not in config.redacted
     assert config.scrub("failed for p@ss, p%40ss and k3y") == "failed for ***, *** and ***"
+
+
+def test_event_store_sessions_keep_the_urls_options_beside_their_own(pg_schema: str, agent_state: Path) -> None:
+    """The user's `options` reach the server, and so do the event store's own: no JIT and generic
+    plans for prepared statements (its queries are index lookups; planning each cost more than running it)."""
+    url = pg_url(pg_schema, options="-c%20statement_timeout%3D5000")
+    orch = Orchestrator.open(url, agent_state=agent_state, create=True)
+    try:
+        with orch.store.recorder.datastore.get_connection() as conn:
+            shown = [
+                conn.execute(f"SHOW {name}").fetchone() for name in ("statement_timeout", "jit", "plan_cache_mode")
+            ]
+    finally:
+        orch.close()
+    assert [next(iter(row.values())) for row in shown if row is not None] == ["5s", "off", "force_generic_plan"]
