@@ -93,16 +93,22 @@ def test_libpq_urls_are_passed_on_byte_for_byte() -> None:
     assert config.scrub("failed for p@ss, p%40ss and k3y") == "failed for ***, *** and ***"
 
 
-def test_event_store_sessions_keep_the_urls_options_beside_their_own(pg_schema: str, agent_state: Path) -> None:
-    """The user's `options` reach the server, and so do the event store's own: no JIT and generic
-    plans for prepared statements (its queries are index lookups; planning each cost more than running it)."""
+def test_store_sessions_keep_the_urls_options_beside_their_own(pg_schema: str, agent_state: Path) -> None:
+    """The user's `options` reach the server on the event store's connections and the read models',
+    beside each one's own: the event store runs without JIT and with generic plans for prepared
+    statements (its queries are index lookups; planning each cost more than running it)."""
     url = pg_url(pg_schema, options="-c%20statement_timeout%3D5000")
     orch = Orchestrator.open(url, agent_state=agent_state, create=True)
     try:
         with orch.store.recorder.datastore.get_connection() as conn:
-            shown = [
-                conn.execute(f"SHOW {name}").fetchone() for name in ("statement_timeout", "jit", "plan_cache_mode")
-            ]
+            names = ("statement_timeout", "jit", "plan_cache_mode")
+            events = [next(iter(conn.execute(f"SHOW {name}").fetchone().values())) for name in names]
+        tables = [
+            row[0]
+            for name in ("statement_timeout", "search_path")
+            for row in orch.read_models.tables.query(f"SHOW {name}")
+        ]
     finally:
         orch.close()
-    assert [next(iter(row.values())) for row in shown if row is not None] == ["5s", "off", "force_generic_plan"]
+    assert events == ["5s", "off", "force_generic_plan"]
+    assert tables == ["5s", f"{pg_schema},public"]

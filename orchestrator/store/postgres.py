@@ -458,9 +458,12 @@ class PostgresTables:
 
         self.config = config
         self.read_only = read_only
-        search_path = f"{config.schema_name},public"
+        info = config.pg_conninfo()
+        # The URL's own options (a statement_timeout, say) stay; the schema is added to them.
+        schema = f"-c search_path={config.schema_name},public"
+        options = " ".join(str(x) for x in (info.get("options", ""), schema) if x)
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            kwargs={**config.pg_conninfo(), "autocommit": True, "options": f"-c search_path={search_path}"},
+            kwargs={**info, "autocommit": True, "options": options},
             min_size=1,
             max_size=4,
             open=False,
