@@ -157,7 +157,7 @@ class ReadModelRunner:
         started = time.monotonic()
         total = 0
         while True:
-            with self.db.write() as cur:
+            with self.db.write(flush=False) as cur:  # derived from the log, with its position
                 positions = self._positions(cur)
                 targets = [(p, positions.get(p.name, 0)) for p in self.projections]
                 low = min(pos for _, pos in targets)

@@ -630,3 +630,23 @@ def test_in_flight_table_holds_exactly_the_commands_in_flight_and_is_filled_on_u
         assert [str(i) for i in upgraded.store.in_flight_ids()] == [waiting]
         assert not upgraded.store.has_table("proj_in_flight"), "the read model's copy is gone"
         assert_projections_true(upgraded)
+
+
+def test_catch_ups_commit_without_waiting_for_the_disk_and_other_writes_wait(orch: Orchestrator) -> None:
+    """A catch-up writes what the log can give again, with its position: its commit need not wait
+    for the disk. A prune's writes (and every other write of these tables) still do."""
+    tables = orch.read_models.tables
+
+    def sync_setting(flush: bool) -> str:
+        with tables.write(flush=flush) as cur:
+            if tables.dialect == "sqlite":
+                cur.execute("PRAGMA synchronous")
+            else:
+                cur.execute("SHOW synchronous_commit")
+            return str(cur.fetchall()[0][0])
+
+    waits, skips = ("2", "1") if tables.dialect == "sqlite" else ("on", "off")  # SQLite: FULL, NORMAL
+    assert [sync_setting(True), sync_setting(False), sync_setting(True)] == [waits, skips, waits]
+    with tables.write() as cur:  # the default
+        cur.execute("PRAGMA synchronous" if tables.dialect == "sqlite" else "SHOW synchronous_commit")
+        assert str(cur.fetchall()[0][0]) == waits

@@ -507,11 +507,15 @@ class PostgresTables:
             return pg.execute(sql.replace("?", "%s"), tuple(params)).fetchall()  # type: ignore[arg-type]
 
     @contextlib.contextmanager
-    def write(self, lock_name: str = "projections") -> Iterator[Cursor]:
+    def write(self, lock_name: str = "projections", *, flush: bool = True) -> Iterator[Cursor]:
         if self.read_only:
             raise StoreError("this connection is read-only")
+        key = advisory_key(self.config, lock_name)
         with self._connection() as pg, pg.transaction():
-            pg.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(self.config, lock_name),))
+            if flush:
+                pg.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            else:  # SET LOCAL synchronous_commit, in the same round trip as the lock
+                pg.execute("SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(%s)", (key,))
             yield _QmarkCursor(pg.cursor())
 
     def run_group(

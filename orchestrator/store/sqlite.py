@@ -425,12 +425,14 @@ class SQLiteTables:
         return self._conn().execute(sql, tuple(params)).fetchall()
 
     @contextlib.contextmanager
-    def write(self, lock_name: str = "projections") -> Iterator[Cursor]:
+    def write(self, lock_name: str = "projections", *, flush: bool = True) -> Iterator[Cursor]:
         # BEGIN IMMEDIATE serialises every writer of the file, whatever the lock name: a read
         # never has to upgrade to a write (which could deadlock) inside these transactions.
         if self.read_only:
             raise StoreError("this connection is read-only")
         conn = self._conn()
+        # In WAL mode NORMAL commits without syncing the log; a later FULL commit syncs it all.
+        conn.execute(f"PRAGMA synchronous = {'FULL' if flush else 'NORMAL'}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn.cursor()

@@ -42,8 +42,12 @@ class Tables(Protocol):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """One SELECT outside any transaction (a single statement is consistent by itself)."""
 
-    def write(self, lock_name: str = "projections") -> AbstractContextManager[Cursor]:
-        """A write transaction, serialised with every other writer of `lock_name`."""
+    def write(self, lock_name: str = "projections", *, flush: bool = True) -> AbstractContextManager[Cursor]:
+        """A write transaction, serialised with every other writer of `lock_name`.
+
+        `flush=False`: the commit does not wait for the disk. Only for what can be derived again
+        from the log, written with its position (a crash of the machine may lose the last of it,
+        and the next catch-up writes it again); never for the events or a prune."""
 
     def run_group(
         self,
