@@ -30,7 +30,7 @@ from projections.statements import StatementBatch
 TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
 REBUILD_LOCK = "rebuild"
-BATCH_SIZE = 2000  # events per transaction: larger batches coalesce more, but hold the writer lock longer
+BATCH_SIZE = 2000  # events per transaction of a rebuild (a live catch-up: the tables' catch_up_events)
 # Only these events change a read model; others are passed over (but counted).
 RELEVANT_PREFIX = RootCommand.Accepted.__module__ + ":RootCommand."
 
@@ -152,8 +152,10 @@ class ReadModelRunner:
                     projection.apply(event, out, suffix)
         return out
 
-    def catch_up(self, *, batch_size: int = BATCH_SIZE, max_seconds: float | None = None) -> int:
-        """Apply every event recorded so far; returns the number of events read."""
+    def catch_up(self, *, batch_size: int | None = None, max_seconds: float | None = None) -> int:
+        """Apply every event recorded so far, `batch_size` (by default the store's catch_up_events)
+        a transaction; returns the number of events read."""
+        batch_size = batch_size or self.db.catch_up_events
         started = time.monotonic()
         total = 0
         while True:
@@ -175,10 +177,10 @@ class ReadModelRunner:
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 return total
 
-    def follow(self, stop: Callable[[], bool], interval: float = 0.2) -> None:
+    def follow(self, stop: Callable[[], bool], interval: float = 0.2, *, batch_size: int | None = None) -> None:
         """Keep the views current until `stop()` is true (the `projections run` service)."""
         while not stop():
-            if self.catch_up() == 0:
+            if self.catch_up(batch_size=batch_size) == 0:
                 time.sleep(interval)
 
     # ---- rebuild and verify ---------------------------------------------------------------

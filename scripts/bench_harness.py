@@ -22,7 +22,6 @@ from orchestrator.agent.http_agent import HttpAgent
 from orchestrator.agent.port import AgentPort
 from orchestrator.testing import AgentProcess, SimulatedAgent
 from projections import ReadModelRunner
-from projections.runner import BATCH_SIZE
 from scripts.bench_agent import TimedAgent
 from scripts.bench_numbers import Stopwatch
 from scripts.bench_plan import DISKS_PER_VM
@@ -36,7 +35,7 @@ class LagSamplingRunner(ReadModelRunner):
     catch_up_seconds = 0.0
     writes = 0  # catch-ups that applied events (each at least one transaction)
 
-    def catch_up(self, *, batch_size: int = BATCH_SIZE, max_seconds: float | None = None) -> int:
+    def catch_up(self, *, batch_size: int | None = None, max_seconds: float | None = None) -> int:
         started = time.perf_counter()
         try:
             # the events a catch-up reads are how far behind the log it was (no extra statement)

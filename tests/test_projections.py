@@ -318,9 +318,9 @@ def positions(store_url: str) -> dict[str, int]:
     return {str(name): int(pos) for name, pos in store_sql(store_url, "SELECT projection, position FROM proj_tracking")}
 
 
-def start_projection_process(store_url: str) -> subprocess.Popen[str]:
+def start_projection_process(store_url: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "--store", store_url, "projections", "run", "--interval", "0.05"],
+        [sys.executable, "-m", "orchestrator", "--store", store_url, "projections", "run", "--interval=0.05", *extra],
         cwd=REPO,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -342,7 +342,7 @@ def test_projection_process_killed_mid_stream_resumes_without_skipping_or_repeat
     accepted_ids = [int(r[0]) for r in _accepted_notification_ids(store_url)]
     assert len(accepted_ids) == n_commands
 
-    proc = start_projection_process(store_url)
+    proc = start_projection_process(store_url, "--batch", "1000")  # a backlog of several batches
     try:
         wait_for(lambda: min(positions(store_url).values()) > 0, timeout=60, interval=0.002, what="a first batch")
         proc.send_signal(signal.SIGKILL)

@@ -452,6 +452,7 @@ class PostgresTables:
     """
 
     dialect = "postgresql"
+    catch_up_events = 20_000  # a batch holds only the read models' advisory lock: events go on being written
 
     def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
         from psycopg_pool import ConnectionPool

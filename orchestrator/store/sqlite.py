@@ -381,6 +381,7 @@ class SQLiteTables:
     """The read models' tables in a SQLite store: one connection per thread, writers by BEGIN IMMEDIATE."""
 
     dialect = "sqlite"
+    catch_up_events = 2000  # a batch holds the file's write lock: the engine and clients wait for it
 
     def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
         assert config.path is not None

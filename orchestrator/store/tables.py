@@ -35,6 +35,10 @@ class Tables(Protocol):
     """Connections to a store's database for tables of our own (read models), one backend's way."""
 
     dialect: str
+    # Events a live catch-up applies per transaction. A batch that spans a whole engine cycle
+    # coalesces most (rows a cycle inserts and deletes are never written), but holds the
+    # read models' write lock while it is built and written: on SQLite the file's only one.
+    catch_up_events: int
 
     def read(self) -> AbstractContextManager[Cursor]:
         """A consistent snapshot for reading (no lock that blocks writers)."""
