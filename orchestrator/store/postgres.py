@@ -161,9 +161,10 @@ class PostgresDialect:
         return f'"{self.config.schema_name}"."{name}"'
 
     def select_stored(self, recorder: Any, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
-        """One statement, one round trip (its connection runs without JIT, see Factory)."""
+        """One statement, one round trip (its connection runs without JIT, see Factory), planned for
+        its own parameters: a bulk load's arrays differ in length from one call to the next."""
         with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(sql, params, prepare=False)
             return _stored(cursor.fetchall())
 
     def events_after(self, recorder: Any, versions: Sequence[tuple[UUID, int]]) -> list[StoredEvent]:
