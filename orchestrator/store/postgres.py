@@ -134,9 +134,12 @@ class Factory(PostgresFactory):
         kwargs = self.datastore.pool.kwargs
         if isinstance(kwargs, dict):
             kwargs.update(extras)
-            # No JIT on these connections: every query of the event store is a short lookup, and
-            # without statistics (a fresh table) the planner's estimates would have it compile.
-            kwargs["options"] = " ".join(x for x in (str(kwargs.get("options") or ""), SESSION_OPTIONS) if x)
+            kwargs["options"] = with_options(kwargs.get("options"), SESSION_OPTIONS)
+
+
+def with_options(given: object, *ours: str) -> str:
+    """A libpq `options` value: the URL's own (a statement_timeout, say) and then ours."""
+    return " ".join(x for x in (str(given or ""), *ours) if x)
 
 
 FACTORY_TOPIC = get_topic(Factory)
@@ -461,9 +464,7 @@ class PostgresTables:
         self.config = config
         self.read_only = read_only
         info = config.pg_conninfo()
-        # The URL's own options (a statement_timeout, say) stay; the schema is added to them.
-        schema = f"-c search_path={config.schema_name},public"
-        options = " ".join(str(x) for x in (info.get("options", ""), schema) if x)
+        options = with_options(info.get("options"), f"-c search_path={config.schema_name},public")
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             kwargs={**info, "autocommit": True, "options": options},
             min_size=1,
