@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 # Bump when a table is added: the next open creates what is missing (4: orchestrator_in_flight;
-# 5: orchestrator_leases and orchestrator_engines).
-LAYOUT_VERSION = "5"
+# 5: orchestrator_leases and orchestrator_engines; 6: PostgreSQL's orchestrator_record_events).
+LAYOUT_VERSION = "6"
 META_TABLE = "orchestrator_meta"
 # Tables of ours that may already exist in a store (so not "foreign").
 OWN_TABLE_PREFIXES = ("orchestrator_", "stored_", "tracking", "proj_", "notification_tracking")

@@ -177,19 +177,29 @@ class EventStore:
 
     # ---- writing ------------------------------------------------------------------------------
 
-    def save(self, *aggregates: Any, stamp: Mapping[str, Any] | None = None, fence: WriteFence | None = None) -> int:
+    def save(
+        self,
+        *aggregates: Any,
+        stamp: Mapping[str, Any] | None = None,
+        fence: WriteFence | None = None,
+        reads: Mapping[UUID, int] | None = None,
+    ) -> int:
         """Record every pending event of these aggregates in one transaction, then snapshots.
 
         The same as `Application.save` minus its per-object runtime protocol checks (they
         cost more than the insert when a cycle saves thousands of aggregates), plus: each
         event is stamped with its writer, and the in-flight index changes with the events.
         With a fence, the transaction records nothing unless that lease is still current
-        (LeaseLostError). Returns the number of events recorded.
+        (LeaseLostError). `reads`: aggregates the caller decided on without asking the store
+        (their cached copies) and does not write; the transaction records nothing unless each
+        is still at that version (IntegrityError, as for a written aggregate whose version was
+        taken). Returns the number of events recorded.
         """
         events: list[Any] = []
         snapshots: list[tuple[UUID, int]] = []
         added: list[UUID] = []
         removed: list[UUID] = []
+        long_lived: list[Any] = []
         for aggregate in aggregates:
             collected = aggregate.collect_events()
             events.extend(collected)
@@ -200,6 +210,7 @@ class EventStore:
                     removed.append(aggregate.id)
             interval = self.app.snapshotting_intervals.get(type(aggregate))
             if interval:
+                long_lived.append(aggregate)
                 due = [e.originator_version for e in collected if e.originator_version % interval == 0]
                 snapshots += [(aggregate.id, version) for version in due]
         if stamp:
@@ -207,7 +218,12 @@ class EventStore:
             for event in events:
                 object.__setattr__(event, WRITER_ATTRIBUTE, written_by)
         if events:
-            self.app.events.put(events, in_flight_added=added, in_flight_removed=removed, fence=fence)
+            self.app.events.put(
+                events, in_flight_added=added, in_flight_removed=removed, fence=fence, read_versions=reads or {}
+            )
+        cache: Any = self.app.repository.cache
+        for aggregate in long_lived:  # the inventory, as just recorded: what optimistic units read
+            cache.put(aggregate.id, aggregate)
         for ident, version in snapshots:
             self.app.take_snapshot(ident, version=version)
         return len(events)
@@ -243,6 +259,18 @@ class EventStore:
         return list(self.app.events.get(ident))
 
     # ---- reading many -----------------------------------------------------------------------
+
+    def cached(self, ids: Iterable[UUID]) -> dict[UUID, Any]:
+        """The aggregates of these ids this process holds in its cache, as they were last read or
+        saved here, without asking the store (another process may have moved them on since)."""
+        cache: Any = self.app.repository.cache
+        found: dict[UUID, Any] = {}
+        if cache is None:
+            return found
+        for ident in ids:
+            with contextlib.suppress(KeyError):
+                found[ident] = cache.get(ident)
+        return found
 
     def load_aggregates(self, ids: list[UUID]) -> dict[UUID, Any]:
         """Aggregates by id, in one round trip per chunk whatever their number (two queries on SQLite).

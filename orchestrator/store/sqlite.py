@@ -13,12 +13,12 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, StoredEvent
 from eventsourcing.sqlite import (
     SQLITE3_DEFAULT_LOCK_TIMEOUT,
     SQLiteApplicationRecorder,
@@ -71,16 +71,31 @@ class InFlightRecorder(SQLiteApplicationRecorder):
             c.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
         for ident in removed:
             c.execute(f"DELETE FROM {IN_FLIGHT_TABLE} WHERE command_id = ?", (ident.hex,))
+        # After the inserts, which hold the file's write lock: nothing changes until this commits.
         fence: WriteFence | None = kwargs.get("fence")
         if fence is not None:
-            # After the inserts, which hold the file's write lock: no lease changes until this commits.
             c.execute(
                 f"SELECT 1 FROM {LEASES_TABLE} WHERE pool_id = ? AND engine_id = ? AND epoch = ?",
                 (fence.pool, fence.engine_id, fence.epoch),
             )
             if c.fetchone() is None:
                 raise lease_lost(fence)
+        reads: Mapping[UUID, int] = kwargs.get("read_versions") or {}
+        if reads:
+            self._check_reads(c, reads)
         return ids
+
+    def _check_reads(self, c: SQLiteCursor, reads: Mapping[UUID, int]) -> None:
+        """The aggregates the writer read without asking the store are still at the versions it read."""
+        marks = ",".join("?" * len(reads))
+        c.execute(
+            f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name}"
+            f" WHERE originator_id IN ({marks}) GROUP BY originator_id",
+            [i.hex for i in reads],
+        )
+        now = {UUID(str(r[0])): int(r[1]) for r in c.fetchall()}
+        if any(now.get(ident) != version for ident, version in reads.items()):
+            raise IntegrityError("an aggregate this write read has changed since")
 
 
 STATEMENT_CACHE = 128  # prepared statements kept per connection (sqlite3's default)
