@@ -13,7 +13,7 @@ the read models (`running_tasks_on`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID, uuid4
@@ -109,9 +109,9 @@ class CommandService:
     # Told how many aggregates each save recorded (a long seed shows its progress with it).
     on_saved: Callable[[int], None] | None = None
 
-    def save(self, *aggregates: Any) -> None:
+    def save(self, *aggregates: Any, reads: Mapping[UUID, int] | None = None) -> None:
         """Record aggregates' pending events as a user's call does (stamped as the client's)."""
-        self.store.save(*aggregates, stamp=CLIENT_STAMP)
+        self.store.save(*aggregates, stamp=CLIENT_STAMP, reads=reads)
         if self.on_saved is not None:
             self.on_saved(len(aggregates))
 
@@ -133,8 +133,14 @@ class CommandService:
             existing = self._existing_command(command_id) if check_existing else None
             if existing is not None:
                 return self._duplicate(existing, flow.name, parsed.model_dump(mode="json"))
-            unit = InventoryUnit(self.store)
-            result = self._accept_into(unit, flow, parsed, command_id)
+            unit = InventoryUnit(self.store, optimistic=True)
+            try:
+                result = self._accept_into(unit, flow, parsed, command_id)
+            except OrchestratorError:
+                if not unit.unverified:
+                    raise
+                self.store.forget(unit.ids())  # refused on cached copies: decide again on fresh ones
+                continue
             if self._save_unit(result.commands, unit):
                 crash_point("after_accept")
                 accepted = result.results[0]
@@ -159,8 +165,9 @@ class CommandService:
             for start in range(0, len(requests), SUBMIT_MANY_BATCH):
                 out += self.submit_many(requests[start : start + SUBMIT_MANY_BATCH])
             return out
+        optimistic = True
         for _ in range(ACCEPT_ATTEMPTS):
-            unit = InventoryUnit(self.store)
+            unit = InventoryUnit(self.store, optimistic=optimistic)
             batch = _Accepted()
             for flow_name, params in requests:
                 try:
@@ -168,6 +175,10 @@ class CommandService:
                     batch.extend(self._accept_into(unit, flow, flow.parse_params(params), uuid4()))
                 except OrchestratorError as exc:
                     batch.results.append(exc)
+            if unit.unverified and any(isinstance(r, OrchestratorError) for r in batch.results):
+                self.store.forget(unit.ids())  # refused on cached copies: decide again on fresh ones
+                optimistic = False
+                continue
             if self._save_unit(batch.commands, unit):
                 if batch.commands:
                     crash_point("after_accept")
@@ -212,7 +223,7 @@ class CommandService:
     def _save_unit(self, commands: list[RootCommand], unit: InventoryUnit) -> bool:
         """Record commands and their entity changes in one transaction; False on a conflict."""
         try:
-            self.save(*commands, *unit.touched())
+            self.save(*commands, *unit.touched(), reads=unit.reads())
         except IntegrityError:
             self.store.forget(e.id for e in unit.entities.values())
             return False
