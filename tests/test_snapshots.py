@@ -39,3 +39,20 @@ def test_an_entity_read_from_its_snapshot_keeps_its_status_and_takes_commands(
         assert isinstance(vm, Vm) and vm.status is VmStatus.UP
         accepted = orch.submit("CreateSnapshot", {"vm_id": "vm-0001", "description": "after a snapshot"})
         assert accepted.command_id
+
+
+def test_a_snapshot_taken_at_a_save_is_the_state_its_events_replay_to(store_url: str, agent_state: Path) -> None:
+    """Snapshots are taken of the aggregate in hand when it was saved: the same state as its history."""
+    with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
+        orch.seed(1, 1)
+        churn(orch, SD, 110)
+        domain = orch.entity(SD)
+        assert domain is not None
+        snapshots = list(orch.store.app.snapshots.get(domain.id)) if orch.store.app.snapshots else []
+        assert [s.originator_version for s in snapshots] == [100, 200]
+        for snapshot in snapshots:
+            replayed = None
+            for event in orch.store.events_of(domain.id)[: snapshot.originator_version]:
+                replayed = event.mutate(replayed)
+            expected = type(snapshot).take(replayed)
+            assert snapshot.state == expected.state, f"snapshot at {snapshot.originator_version}"

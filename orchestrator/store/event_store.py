@@ -196,7 +196,7 @@ class EventStore:
         taken). Returns the number of events recorded.
         """
         events: list[Any] = []
-        snapshots: list[tuple[UUID, int]] = []
+        snapshots: list[tuple[Any, int]] = []
         added: list[UUID] = []
         removed: list[UUID] = []
         long_lived: list[Any] = []
@@ -212,7 +212,7 @@ class EventStore:
             if interval:
                 long_lived.append(aggregate)
                 due = [e.originator_version for e in collected if e.originator_version % interval == 0]
-                snapshots += [(aggregate.id, version) for version in due]
+                snapshots += [(aggregate, version) for version in due]
         if stamp:
             written_by = dict(stamp)
             for event in events:
@@ -224,9 +224,19 @@ class EventStore:
         cache: Any = self.app.repository.cache
         for aggregate in long_lived:  # the inventory, as just recorded: what optimistic units read
             cache.put(aggregate.id, aggregate)
-        for ident, version in snapshots:
-            self.app.take_snapshot(ident, version=version)
+        for aggregate, version in snapshots:
+            self._snapshot(aggregate, version)
         return len(events)
+
+    def _snapshot(self, aggregate: Any, version: int) -> None:
+        """A snapshot at a version just recorded: of the aggregate in hand when it is at that version
+        (the usual case), else of its history replayed to it (the library's way, a read of the store)."""
+        if aggregate.version != version or self.app.snapshots is None:
+            self.app.take_snapshot(aggregate.id, version=version)
+            return
+        snapshot_class = getattr(type(aggregate), "Snapshot", type(self.app).snapshot_class)
+        assert snapshot_class is not None
+        self.app.snapshots.put([snapshot_class.take(aggregate)])
 
     def forget(self, ids: Iterable[UUID] | None = None) -> None:
         """Drop cached aggregates (all, or these) after a change that was not saved."""
