@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from orchestrator import Orchestrator
 from orchestrator.domain.inventory import StorageDomain, Vm
@@ -48,7 +49,7 @@ def test_a_snapshot_taken_at_a_save_is_the_state_its_events_replay_to(store_url:
         churn(orch, SD, 110)
         domain = orch.entity(SD)
         assert domain is not None
-        snapshots = list(orch.store.app.snapshots.get(domain.id)) if orch.store.app.snapshots else []
+        snapshots: list[Any] = list(orch.store.app.snapshots.get(domain.id)) if orch.store.app.snapshots else []
         assert [s.originator_version for s in snapshots] == [100, 200]
         for snapshot in snapshots:
             replayed = None
