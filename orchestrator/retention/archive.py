@@ -22,7 +22,6 @@ from uuid import UUID
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
-    JSONTranscoder,
     Mapper,
     StoredEvent,
     UUIDAsHex,
@@ -32,6 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.errors import InputError
+from orchestrator.store.codec import OrjsonTranscoder
 from orchestrator.store.event_store import CheckedMapper
 
 M = TypeVar("M", bound=BaseModel)
@@ -157,7 +157,7 @@ def archive_listing(path: Path | str) -> ArchiveListing:
 
 def archive_mapper() -> Mapper[UUID]:
     """The mapper that decodes archived states (the store's transcodings; archives are never compressed)."""
-    transcoder = JSONTranscoder()
+    transcoder = OrjsonTranscoder()
     for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
         transcoder.register(transcoding)
     return CheckedMapper(transcoder=transcoder)

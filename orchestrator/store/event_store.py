@@ -22,12 +22,14 @@ from eventsourcing.persistence import (
     OperationalError,
     PersistenceError,
     StoredEvent,
+    Transcoder,
 )
 from eventsourcing.utils import TopicError
 
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import ENTITY_CLASSES
 from orchestrator.errors import StoreError, StoreUnavailableError, damaged_event
+from orchestrator.store.codec import OrjsonTranscoder
 from orchestrator.store.leases import LeaseTable, WriteFence
 from orchestrator.store.tables import Cursor, Tables
 from orchestrator.store.url import StoreConfig
@@ -126,6 +128,12 @@ class OrchestratorApp(Application[UUID]):
     # Entities live long and every command locks some: snapshots keep them quick to load.
     snapshotting_intervals = {cls: 100 for cls in ENTITY_CLASSES.values()}
     log_section_size = LOG_PAGE
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's JSON format, through orjson (orchestrator/store/codec.py)."""
+        transcoder = OrjsonTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_mapper(self) -> Mapper[UUID]:
         return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=CheckedMapper)
