@@ -49,7 +49,8 @@ class Clearer:
                 return
             crash_point("after_agent_clear")
             self.stopper.leftovers.difference_update(leftovers)
-            self.writer.apply({ident: _record_cleared(tasks) for ident, tasks in uncleared.items()})
+            # Not waiting for the disk: lost with the database's machine, the clearing is made again.
+            self.writer.apply({ident: _record_cleared(tasks) for ident, tasks in uncleared.items()}, flush=False)
             report.cleared += len(agent_ids) + len(leftovers)
         for ident in [c.id for c in ended]:
             command = self.held.get(ident)

@@ -18,7 +18,7 @@ from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import CommandStatus, EndAction, EntityRef
 from orchestrator.engine.agent_link import AgentLink
-from orchestrator.engine.polling import decide_end_action_if_due
+from orchestrator.engine.polling import agent_acts_next, decide_end_action_if_due
 from orchestrator.engine.report import CycleReport
 from orchestrator.engine.writer import Change, CommandWriter
 from orchestrator.errors import AgentError
@@ -59,7 +59,7 @@ class EndActions:
         """Commands whose tasks have all ended (or that had none) get their end action due."""
         due = [c.id for c in self.held.values() if c.status in (CommandStatus.ACCEPTED, CommandStatus.RUNNING)]
         due = [i for i in due if self.held[i].all_tasks_ended]
-        self.writer.apply({i: _decide for i in due})
+        self.writer.apply({i: _decide for i in due}, flush=agent_acts_next)
 
     def run(self, report: CycleReport) -> None:
         now = datetime.fromtimestamp(self.clock(), UTC)

@@ -22,13 +22,14 @@ from uuid import UUID
 from orchestrator.agent.port import AgentTaskState, AgentTaskStatus, view_of
 from orchestrator.crashpoints import crash_point
 from orchestrator.domain.commands import RootCommand, TaskState
-from orchestrator.domain.model import CommandStatus, EndKind, FailureCause, TaskStatus, parse_agent_task_key
+from orchestrator.domain.model import CommandStatus, EndAction, EndKind, FailureCause, TaskStatus, parse_agent_task_key
 from orchestrator.domain.payloads import TaskEndRecord
 from orchestrator.domain.recovery import AgentView
 from orchestrator.engine.agent_link import AgentLink
 from orchestrator.engine.report import CycleReport
 from orchestrator.engine.writer import Change, CommandWriter
 from orchestrator.errors import AgentError
+from orchestrator.flows import get_flow
 from orchestrator.store.unit_of_work import InventoryUnit
 
 log = logging.getLogger("orchestrator.engine")
@@ -51,6 +52,20 @@ def end_record(task: TaskState, seen: AgentTaskStatus | None, zombie_seconds: fl
 
 def _end(task: TaskState, status: TaskStatus, kind: EndKind, message: str, **result: object) -> TaskEndRecord:
     return {"task_id": task.task_id, "status": status.value, "kind": kind.value, "message": message, "result": result}
+
+
+def agent_acts_next(commands: Sequence[RootCommand]) -> bool:
+    """Whether the engine's next agent calls act on what these commands now record: a stop decided
+    (a zombie, an orphan, a cancel) or an end action that reverts tasks first. Only then must a
+    poll's record reach the disk before the next commit that waits; otherwise the agent still
+    holds what it says (the ended tasks, cleared only after the end action is recorded)."""
+    for command in commands:
+        if command.tasks_to_stop:
+            return True
+        reverts = command.status is CommandStatus.ENDING and command.due_end_action is EndAction.FAILURE
+        if reverts and get_flow(command.flow).revert_on_failure:
+            return True
+    return False
 
 
 def decide_end_action_if_due(command: RootCommand) -> None:
@@ -111,7 +126,7 @@ class Poller:
             change = self._learned(command, running, by_id, now, report)
             if change is not None:
                 changes[command.id] = change
-        self.writer.apply(changes)
+        self.writer.apply(changes, flush=agent_acts_next)
         if report.tasks_ended:
             crash_point("after_task_end_recorded")
         return statuses

@@ -33,6 +33,9 @@ from orchestrator.store.unit_of_work import InventoryUnit
 log = logging.getLogger("orchestrator.engine")
 Change = Callable[[RootCommand, InventoryUnit], None]
 Prefetch = Callable[[Sequence[RootCommand]], Iterable[EntityRef]]
+# Whether a transaction's commit must wait for the disk, given the commands it records: it must
+# when the engine's next agent call acts on what it records (see `apply`).
+Durability = bool | Callable[[Sequence[RootCommand]], bool]
 SAVE_BATCH = 1000  # commands per transaction (psycopg can hang on one huge pipelined insert, psycopg#685)
 ATTEMPTS = 10  # re-reads after conflicts before leaving the change to the next cycle
 
@@ -58,26 +61,43 @@ class CommandWriter:
         self.conflicts = 0
 
     def apply(
-        self, changes: Mapping[UUID, Change], *, batch: int = SAVE_BATCH, prefetch: Prefetch | None = None
+        self,
+        changes: Mapping[UUID, Change],
+        *,
+        batch: int = SAVE_BATCH,
+        prefetch: Prefetch | None = None,
+        flush: Durability = True,
     ) -> set[UUID]:
         """Apply and save these changes, `batch` commands per transaction; the ids saved.
 
         An exception raised by a change discards every change of its transaction (the
         commands are read again) and propagates.
+
+        `flush`: whether each commit waits for the disk (or a function of the commands it
+        records that says so). A commit that does not may be lost with the database's
+        machine, never with the engine; that is safe for a record nothing acts on until a
+        later commit that waits (which flushes it too): what the agent still holds
+        (ended tasks, until they are cleared after the end action) or what is written again
+        (a clearing). A record the next agent call acts on (ids of created tasks, a stop,
+        an end action before its tasks are cleared) waits.
         """
         ids = [i for i in changes if i in self.held]
         saved: set[UUID] = set()
         for start in range(0, len(ids), batch):
             part = ids[start : start + batch]
-            if self._apply_part(part, changes, prefetch):
+            if self._apply_part(part, changes, prefetch, flush):
                 saved.update(part)
         return saved
 
-    def _apply_part(self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None) -> bool:
+    def _apply_part(
+        self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None, flush: Durability
+    ) -> bool:
         with self.lock:
-            return self._apply_locked(ids, changes, prefetch)
+            return self._apply_locked(ids, changes, prefetch, flush)
 
-    def _apply_locked(self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None) -> bool:
+    def _apply_locked(
+        self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None, flush: Durability
+    ) -> bool:
         for _ in range(ATTEMPTS):
             commands = [self.held[i] for i in ids if i in self.held]
             unit = InventoryUnit(self.store)
@@ -91,7 +111,10 @@ class CommandWriter:
                 if not pending and not touched:
                     return True
                 saving = pending_of(pending)
-                self.events += self.store.save(*pending, *touched, stamp=self.stamp(), fence=self.fence())
+                durable = flush if isinstance(flush, bool) else flush(pending)
+                self.events += self.store.save(
+                    *pending, *touched, stamp=self.stamp(), fence=self.fence(), flush=durable
+                )
             except IntegrityError as exc:
                 self.conflicts += 1
                 log.info("store refused a write (%s); re-reading what it involved", str(exc).splitlines()[0][:200])

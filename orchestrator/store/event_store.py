@@ -191,6 +191,7 @@ class EventStore:
         stamp: Mapping[str, Any] | None = None,
         fence: WriteFence | None = None,
         reads: Mapping[UUID, int] | None = None,
+        flush: bool = True,
     ) -> int:
         """Record every pending event of these aggregates in one transaction, then snapshots.
 
@@ -201,7 +202,9 @@ class EventStore:
         (LeaseLostError). `reads`: aggregates the caller decided on without asking the store
         (their cached copies) and does not write; the transaction records nothing unless each
         is still at that version (IntegrityError, as for a written aggregate whose version was
-        taken). Returns the number of events recorded.
+        taken). `flush=False`: the commit does not wait for the disk; for what a crash of the
+        database's machine may lose because nothing acted on it yet (see CommandWriter.apply).
+        Later commits that wait flush it with them. Returns the number of events recorded.
         """
         events: list[Any] = []
         snapshots: list[tuple[Any, int]] = []
@@ -227,7 +230,12 @@ class EventStore:
                 object.__setattr__(event, WRITER_ATTRIBUTE, written_by)
         if events:
             self.app.events.put(
-                events, in_flight_added=added, in_flight_removed=removed, fence=fence, read_versions=reads or {}
+                events,
+                in_flight_added=added,
+                in_flight_removed=removed,
+                fence=fence,
+                read_versions=reads or {},
+                flush=flush,
             )
         cache: Any = self.app.repository.cache
         for aggregate in long_lived:  # the inventory, as just recorded: what optimistic units read

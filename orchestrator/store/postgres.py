@@ -88,7 +88,7 @@ class InFlightRecorder(PostgresApplicationRecorder):
         # Arrays sent in binary (%b): text arrays are quoted and escaped field by field.
         self.record_call = SQL(
             "SELECT * FROM {}(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[], %b::text[], %b::text[],"
-            " %s, %s, %s, %b::uuid[], %b::bigint[], %s)"
+            " %s, %s, %s, %b::uuid[], %b::bigint[], %s, %s)"
         ).format(function)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
@@ -112,6 +112,7 @@ class InFlightRecorder(PostgresApplicationRecorder):
             list(reads),
             list(reads.values()),
             f"{self.datastore.lock_timeout}s",
+            bool(kwargs.get("flush", True)),
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             try:
@@ -125,18 +126,23 @@ class InFlightRecorder(PostgresApplicationRecorder):
             return [row[RECORD_FUNCTION] for row in curs.fetchall()]
 
 
-# One transaction of events. The fence's row is read FOR SHARE before the table lock: a takeover
-# (an UPDATE of that row) waits for this write, and this write, if the takeover came first, sees
-# the new epoch and records nothing. Aggregates read unverified are checked under the table lock,
-# which every writer of events takes: none can move on before this transaction ends.
+# One transaction of events. Without `flush` its commit does not wait for the WAL to reach the
+# disk (it is visible at once; the next commit that waits flushes it too). The fence's row is
+# read FOR SHARE before the table lock: a takeover (an UPDATE of that row) waits for this write,
+# and this write, if the takeover came first, sees the new epoch and records nothing. Aggregates
+# read unverified are checked under the table lock, which every writer of events takes: none can
+# move on before this transaction ends.
 RECORD_FUNCTION_SQL = """
 CREATE OR REPLACE FUNCTION {function}(
     ids uuid[], versions bigint[], topics text[], states bytea[], added text[], removed text[],
     fence_pool text, fence_engine text, fence_epoch bigint, read_ids uuid[], read_versions bigint[],
-    lock_wait text)
+    lock_wait text, flush boolean)
 RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
 BEGIN
     PERFORM set_config('lock_timeout', lock_wait, true);
+    IF NOT flush THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
     IF fence_pool IS NOT NULL THEN
         PERFORM 1 FROM {leases}
             WHERE pool_id = fence_pool AND engine_id = fence_engine AND epoch = fence_epoch FOR SHARE;

@@ -61,6 +61,18 @@ class InFlightRecorder(SQLiteApplicationRecorder):
             *lease_table_statements(LEASES_TABLE, ENGINES_TABLE, "REAL"),
         ]
 
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """The library's insert, with the durability asked for: without `flush`, the commit does not
+        sync the WAL file (the next commit that does syncs it too; a crash of the process loses
+        nothing either way, only one of the machine may)."""
+        with self.datastore.get_connection(commit=True) as conn:
+            synchronous = "FULL" if kwargs.get("flush", True) else "NORMAL"
+            if getattr(conn, "synchronous", None) != synchronous:  # a PRAGMA outside the transaction
+                conn.cursor().execute(f"PRAGMA synchronous = {synchronous}")
+                conn.synchronous = synchronous  # type: ignore[attr-defined]
+            with conn.transaction(commit=True) as c:
+                return self._insert_events(c, stored_events, **kwargs)
+
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
