@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import psycopg
@@ -17,10 +18,13 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from orchestrator.bootstrap import Orchestrator
+from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Vm
 from orchestrator.domain.model import EntityRef, EntityType, LockMode, VmStatus, entity_aggregate_id
 from orchestrator.errors import EntityLockedError
+from orchestrator.flows import FLOWS
 from orchestrator.store.door import META_TABLE
+from orchestrator.testing import SimulatedAgent
 from tests.conftest import PG_DSN, invariants_hold, run_until_idle
 
 VM = EntityRef(EntityType.VM, "vm-0001")
@@ -130,3 +134,33 @@ def test_a_duplicate_version_is_a_conflict_not_a_store_error(orch: Orchestrator,
     orch.store.save(mine)
     with pytest.raises(IntegrityError):
         other.store.save(theirs)
+
+
+def test_an_end_action_that_failed_on_a_stale_copy_runs_again_on_a_fresh_one(
+    orch: Orchestrator, other: Orchestrator, agent: SimulatedAgent, agent_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's end actions take the cached inventory too; one that raises is run again at once
+    only when a copy it was given had moved on (an end action that raises on current copies is not)."""
+    orch.seed(1, 1)
+    accepted = orch.submit("CreateSnapshot", {"vm_id": "vm-0001"})
+    vm = other.entity(VM)
+    assert isinstance(vm, Vm)
+    vm.set_status(VmStatus.DOWN)  # another process moves the VM on; the engine's cached copy is Up
+    other.save(vm)
+    seen: list[VmStatus] = []
+    original = FLOWS["CreateSnapshot"].end_successfully
+
+    def picky(command: RootCommand, inventory: Any) -> None:
+        found = inventory.get(VM)
+        seen.append(found.status)
+        if found.status is not VmStatus.DOWN:
+            raise RuntimeError("the VM is not down")
+        original(command, inventory)
+
+    monkeypatch.setattr(FLOWS["CreateSnapshot"], "end_successfully", picky)
+    run_until_idle(orch, agent)
+    command = orch.command(accepted.command_id)
+    assert seen == [VmStatus.UP, VmStatus.DOWN], "once on the stale copy, once on the fresh one"
+    assert command.status.value == "succeeded" and not command.flagged
+    assert not any(type(e).__name__ == "EndActionFailed" for e in orch.store.events_of(command.id))
+    invariants_hold(orch, agent_state, expected_commands=[command.id])

@@ -98,9 +98,10 @@ class CommandWriter:
     def _apply_locked(
         self, ids: list[UUID], changes: Mapping[UUID, Change], prefetch: Prefetch | None, flush: Durability
     ) -> bool:
+        optimistic = True  # the inventory as cached here, verified by the save (see InventoryUnit)
         for _ in range(ATTEMPTS):
             commands = [self.held[i] for i in ids if i in self.held]
-            unit = InventoryUnit(self.store)
+            unit = InventoryUnit(self.store, optimistic=optimistic)
             try:
                 if prefetch is not None:
                     unit.prefetch(prefetch(commands))
@@ -113,7 +114,7 @@ class CommandWriter:
                 saving = pending_of(pending)
                 durable = flush if isinstance(flush, bool) else flush(pending)
                 self.events += self.store.save(
-                    *pending, *touched, stamp=self.stamp(), fence=self.fence(), flush=durable
+                    *pending, *touched, stamp=self.stamp(), fence=self.fence(), reads=unit.reads(), flush=durable
                 )
             except IntegrityError as exc:
                 self.conflicts += 1
@@ -124,6 +125,12 @@ class CommandWriter:
                 # The worker is let go with everything it held: forget, read nothing (the store may be gone).
                 self.store.forget([*unit.ids(), *(c.id for c in commands)])
                 raise
+            except Exception:
+                self._discard(commands, unit)
+                if self._was_stale(unit):  # a change (an end action) failed on an outdated copy: again, on fresh ones
+                    optimistic = False
+                    continue
+                raise
             except BaseException:
                 self._discard(commands, unit)
                 raise
@@ -132,6 +139,14 @@ class CommandWriter:
             return True
         log.warning("%d command(s) kept changing under the engine; the next cycle tries again", len(ids))
         return False
+
+    def _was_stale(self, unit: InventoryUnit) -> bool:
+        """Whether an entity the unit took from the cache had moved on in the store (read afresh now:
+        an end action that raised on current copies raised for itself, and is not run again here)."""
+        if not unit.unverified:
+            return False
+        fresh = self.store.load_aggregates(list(unit.unverified))
+        return any(fresh[i].version != v if i in fresh else True for i, v in unit.unverified.items())
 
     def _discard(self, commands: Sequence[RootCommand], unit: InventoryUnit) -> None:
         """Forget the unsaved changes: read the commands and entities of this transaction again."""
