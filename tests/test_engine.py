@@ -17,6 +17,7 @@ from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EntityRef, EntityType, entity_aggregate_id
 from orchestrator.flows import FLOWS
 from orchestrator.service import SubmitResult
+from orchestrator.store import event_store
 from orchestrator.testing import FaultConfig, SimulatedAgent
 from tests.conftest import REPO, cli_env, engine_args, fast_settings, invariants_hold, run_cli, run_until_idle, wait_for
 
@@ -294,6 +295,26 @@ def test_commands_submitted_while_the_engine_runs_are_picked_up(store_url: str, 
         if engine.poll() is None:
             engine.kill()
             engine.wait()
+
+
+def test_discovery_hands_over_everything_new_however_many_pages(
+    orch: Orchestrator, agent: SimulatedAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discovery reads the head and the first page of what is new together, then the rest page by page."""
+    orch.seed(7, 1)
+    engine = build_engine(orch, agent, fast_settings())
+    engine.recover()
+    monkeypatch.setattr(event_store, "LOG_PAGE", 3)
+    accepted = {orch.submit("RemoveVm", {"vm_id": f"vm-000{n}"}).command_id for n in range(1, 8)}
+    orch.request_cancel(next(iter(accepted)), "changed my mind")
+    engine.discovery.run()
+    handed = [w.inbox.get_nowait() for w in engine.workers.values() for _ in range(w.inbox.qsize())]
+    new = [a.id for a in handed if isinstance(a, RootCommand)]
+    assert sorted(new) == sorted(accepted), "every new command was handed over in one run, once"
+    assert len(handed) == len(new) + 1, "and the cancel, as an id to read again"
+    assert engine.discovery.position == orch.store.head()
+    engine.discovery.run()  # nothing new: nothing handed again
+    assert all(w.inbox.empty() for w in engine.workers.values())
 
 
 def test_bulk_loading_from_snapshots_equals_replay(orch: Orchestrator, agent: SimulatedAgent, store_url: str) -> None:

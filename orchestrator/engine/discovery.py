@@ -3,7 +3,7 @@
 It reads only the notifications that concern the engine after its position
 (through the library's notification log reader): commands accepted, cancels
 and terminations (another process's writes to a command), and storage pools
-whose agent changed. A cycle with nothing new costs one query.
+whose agent changed. A cycle costs one query (the head and what is new, together).
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ class Discovery:
 
     def run(self) -> None:
         with self.lock:
-            head = self.store.head()
+            head, seen = self.store.news(after=self.position, topics=[*COMMAND_TOPICS, *POOL_TOPICS])
             if head <= self.position:
                 return
-            pages = self.store.notifications(after=self.position, topics=[*COMMAND_TOPICS, *POOL_TOPICS], stop=head)
-            seen = [n for page in pages for n in page]
             self.position = head
             arrivals = [self._arrival(n) for n in seen]
         for arrival in arrivals:

@@ -66,6 +66,13 @@ class Dialect(Protocol):
         and `snapshots` on), and every event after the known version or that snapshot, in order."""
         ...
 
+    def head_and_news(
+        self, recorder: Any, after: int, topics: Sequence[str], limit: int
+    ) -> tuple[int, list[Notification]]:
+        """The log's head, and up to `limit` entries of these topics after a position and up to that
+        head, read together (one statement, or one read transaction)."""
+        ...
+
     def in_flight_ids(self, recorder: Any) -> list[UUID]: ...
 
     def fill_in_flight(self, recorder: Any, ids: Sequence[UUID]) -> None: ...
@@ -371,6 +378,15 @@ class EventStore:
             if len(page) < LOG_PAGE:
                 return
             after = page[-1].id
+
+    def news(self, *, after: int, topics: Sequence[str]) -> tuple[int, list[Notification]]:
+        """The log's head, and every entry of these topics after a position up to it: one round trip
+        when there are fewer than a page of them (a cycle's discovery), then page by page."""
+        head, found = self.dialect.head_and_news(self.recorder, after, topics, LOG_PAGE)
+        if len(found) == LOG_PAGE:
+            for page in self.notifications(after=found[-1].id, topics=topics, stop=head):
+                found.extend(page)
+        return head, found
 
     def originators(self, topics: Sequence[str], *, after: int = 0) -> Iterator[UUID]:
         for page in self.notifications(after=after, topics=topics):

@@ -26,7 +26,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, Notification, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from eventsourcing.utils import get_topic, retry
 from psycopg.sql import SQL, Identifier
@@ -268,6 +268,34 @@ class PostgresDialect:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
         return _stored([r for r in rows if r["part"] == 1]), _stored([r for r in rows if r["part"] == 2])
+
+    def head_and_news(
+        self, recorder: Any, after: int, topics: Sequence[str], limit: int
+    ) -> tuple[int, list[Notification]]:
+        """One statement: the head, with the entries after `after` up to it (a row of NULLs when none)."""
+        table = self._table(self.events_table)
+        sql = (
+            f"SELECT h.head, e.notification_id, e.originator_id, e.originator_version, e.topic, e.state"
+            f" FROM (SELECT MAX(notification_id) AS head FROM {table}) h LEFT JOIN LATERAL ("
+            f"SELECT * FROM {table} x WHERE x.notification_id > %s AND x.notification_id <= h.head"
+            " AND x.topic = ANY(%s) ORDER BY x.notification_id LIMIT %s) e ON true"
+        )
+        with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(sql, (after, list(topics), limit))
+            rows = cursor.fetchall()
+        head = int(rows[0]["head"] or 0) if rows else 0
+        found = [
+            Notification(
+                id=r["notification_id"],
+                originator_id=r["originator_id"],
+                originator_version=r["originator_version"],
+                topic=r["topic"],
+                state=bytes(r["state"]),
+            )
+            for r in rows
+            if r["notification_id"] is not None
+        ]
+        return head, found
 
     def in_flight_ids(self, recorder: Any) -> list[UUID]:
         with recorder.datastore.get_connection() as conn, conn.cursor() as cursor:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, InterfaceError, StoredEvent
+from eventsourcing.persistence import IntegrityError, InterfaceError, Notification, StoredEvent
 from eventsourcing.sqlite import (
     SQLITE3_DEFAULT_LOCK_TIMEOUT,
     SQLiteApplicationRecorder,
@@ -229,6 +229,26 @@ class SQLiteDialect:
         with recorder.datastore.transaction(commit=True) as cursor:
             for ident in ids:
                 cursor.execute(f"INSERT OR IGNORE INTO {IN_FLIGHT_TABLE} VALUES (?)", (ident.hex,))
+
+    def head_and_news(
+        self, recorder: Any, after: int, topics: Sequence[str], limit: int
+    ) -> tuple[int, list[Notification]]:
+        marks = ",".join("?" * len(topics))
+        with recorder.datastore.transaction(commit=False) as cursor:  # one snapshot for both
+            cursor.execute(f"SELECT MAX(rowid) FROM {EVENTS_TABLE}")
+            head = int(cursor.fetchone()[0] or 0)
+            if head <= after:
+                return head, []
+            cursor.execute(
+                f"SELECT rowid, originator_id, originator_version, topic, state FROM {EVENTS_TABLE}"
+                f" WHERE rowid > ? AND rowid <= ? AND topic IN ({marks}) ORDER BY rowid LIMIT ?",
+                [after, head, *topics, limit],
+            )
+            rows = cursor.fetchall()
+        return head, [
+            Notification(id=int(r[0]), originator_id=UUID(r[1]), originator_version=int(r[2]), topic=r[3], state=r[4])
+            for r in rows
+        ]
 
     def log_after(self, cursor: Cursor, after: int, limit: int, stop: int | None) -> list[LogEntry]:
         bound, params = (" AND rowid <= ?", [after, stop, limit]) if stop is not None else ("", [after, limit])
