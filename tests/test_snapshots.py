@@ -43,14 +43,16 @@ def test_an_entity_read_from_its_snapshot_keeps_its_status_and_takes_commands(
 
 
 def test_a_snapshot_taken_at_a_save_is_the_state_its_events_replay_to(store_url: str, agent_state: Path) -> None:
-    """Snapshots are taken of the aggregate in hand when it was saved: the same state as its history."""
+    """Snapshots are taken of the aggregate in hand when a save passes a multiple of 100 events, at the
+    version the save leaves: the same state as its history replayed to that version."""
     with Orchestrator.open(store_url, agent_state=agent_state, create=True) as orch:
         orch.seed(1, 1)
         churn(orch, SD, 110)
         domain = orch.entity(SD)
         assert domain is not None
         snapshots: list[Any] = list(orch.store.app.snapshots.get(domain.id)) if orch.store.app.snapshots else []
-        assert [s.originator_version for s in snapshots] == [100, 200]
+        versions = [s.originator_version for s in snapshots]
+        assert len(versions) == 2 and versions[0] in (100, 101) and versions[1] in (200, 201), versions
         for snapshot in snapshots:
             replayed = None
             for event in orch.store.events_of(domain.id)[: snapshot.originator_version]:

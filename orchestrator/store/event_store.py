@@ -214,7 +214,7 @@ class EventStore:
         Later commits that wait flush it with them. Returns the number of events recorded.
         """
         events: list[Any] = []
-        snapshots: list[tuple[Any, int]] = []
+        snapshots: list[Any] = []
         added: list[UUID] = []
         removed: list[UUID] = []
         long_lived: list[Any] = []
@@ -229,8 +229,10 @@ class EventStore:
             interval = self.app.snapshotting_intervals.get(type(aggregate))
             if interval:
                 long_lived.append(aggregate)
-                due = [e.originator_version for e in collected if e.originator_version % interval == 0]
-                snapshots += [(aggregate, version) for version in due]
+                # One snapshot at the version the save leaves, when it passes a multiple of the interval
+                # (a cycle's end actions may add a hundred events to a shared storage domain at once).
+                if any(e.originator_version % interval == 0 for e in collected):
+                    snapshots.append(aggregate)
         if stamp:
             written_by = dict(stamp)
             for event in events:
@@ -247,18 +249,15 @@ class EventStore:
         cache: Any = self.app.repository.cache
         for aggregate in long_lived:  # the inventory, as just recorded: what optimistic units read
             cache.put(aggregate.id, aggregate)
-        for aggregate, version in snapshots:
-            self._snapshot(aggregate, version)
+        for aggregate in snapshots:
+            self._snapshot(aggregate)
         return len(events)
 
-    def _snapshot(self, aggregate: Any, version: int) -> None:
-        """A snapshot at a version just recorded: of the aggregate in hand when it is at that version
-        (the usual case), else of its history replayed to it (the library's way, a read of the store)."""
-        if aggregate.version != version or self.app.snapshots is None:
-            self.app.take_snapshot(aggregate.id, version=version)
-            return
+    def _snapshot(self, aggregate: Any) -> None:
+        """A snapshot of an aggregate just recorded, taken of it in hand (the library replays it from
+        the store): a load starts from the latest snapshot, whatever its version."""
         snapshot_class = getattr(type(aggregate), "Snapshot", type(self.app).snapshot_class)
-        assert snapshot_class is not None
+        assert snapshot_class is not None and self.app.snapshots is not None
         self.app.snapshots.put([snapshot_class.take(aggregate)])
 
     def forget(self, ids: Iterable[UUID] | None = None) -> None:
