@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from hashlib import sha1
 from uuid import UUID, uuid5
 
 from orchestrator.errors import InputError
@@ -145,6 +146,7 @@ class EndAction(StrEnum):
     FAILURE = "end_with_failure"
 
 
+@lru_cache(maxsize=1 << 16)
 def entity_aggregate_id(ref: EntityRef) -> UUID:
     """Each inventory entity is an aggregate whose id derives from (type, id)."""
     return uuid5(ID_NAMESPACE, ref.key)
@@ -153,6 +155,16 @@ def entity_aggregate_id(ref: EntityRef) -> UUID:
 def derive_id(command_id: UUID, label: str) -> UUID:
     """Ids planned by a command are derived from its id, so a retry plans the same ids."""
     return uuid5(command_id, label)
+
+
+def derived_text(command_id: UUID, label: str) -> str:
+    """`str(derive_id(command_id, label))`, without building the UUID (a command plans a few of them
+    on every accept): the same name-based SHA-1 UUID (RFC 4122, version 5), written out directly."""
+    digest = bytearray(sha1(command_id.bytes + label.encode(), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def short_id(prefix: str, command_id: UUID, label: str) -> str:

@@ -29,7 +29,7 @@ from orchestrator.domain.model import (
     EntityType,
     EntityUse,
     LockMode,
-    derive_id,
+    derived_text,
 )
 from orchestrator.domain.payloads import ChildRecord, TaskRecord
 from orchestrator.errors import CommandRefusedError, InputError, InvalidParametersError
@@ -155,10 +155,10 @@ class PlanContext:
     running_tasks_on: RunningTasksLookup
 
     def task_id(self, label: str) -> str:
-        return str(derive_id(self.command_id, f"task/{label}"))
+        return derived_text(self.command_id, f"task/{label}")
 
     def child_id(self, label: str) -> str:
-        return str(derive_id(self.command_id, f"child/{label}"))
+        return derived_text(self.command_id, f"child/{label}")
 
 
 def uses(*pairs: tuple[EntityType, str, LockMode]) -> list[EntityUse]:
