@@ -121,3 +121,18 @@ def test_the_postgresql_function_commits_as_asked(pg_schema: str, agent_state: P
                 conn.execute(call, ([uuid4()], [1], ["t:T"], [b"{}"], [], [], [], [], flush))
                 row = conn.execute("SHOW synchronous_commit").fetchone()
                 assert row is not None and row[0] == expected
+
+
+def test_any_bytes_and_topic_text_are_recorded_as_given(orch: Orchestrator) -> None:
+    """The recorder writes the events' arrays itself (PostgreSQL): quotes, backslashes, braces, commas
+    and every byte value come back as they went in, on both stores."""
+    from eventsourcing.persistence import StoredEvent
+
+    recorder = orch.store.recorder
+    states = [bytes(range(256)), b'{"a": "\\\\\\"x\\""}', b"", b"\\x00", b"{,}"]
+    topics = ['odd:"quoted"', "back\\\\slash:T", "brace{,}:T", "plain:T", "ünïcode:T"]
+    ids = [uuid4() for _ in states]
+    recorder.insert_events([StoredEvent(i, 1, t, s) for i, t, s in zip(ids, topics, states, strict=True)])
+    read = orch.store.dialect.events_after(recorder, [(i, 0) for i in ids])
+    by_id = {str(e.originator_id): (e.topic, bytes(e.state)) for e in read}
+    assert by_id == {str(i): (t, s) for i, t, s in zip(ids, topics, states, strict=True)}
