@@ -88,7 +88,7 @@ class InFlightRecorder(PostgresApplicationRecorder):
         # Arrays sent as array literals, written here: the driver adapts a list element by element
         # (a third of a small insert's client time), a string as it is.
         self.record_call = SQL(
-            "SELECT * FROM {}(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s::text[], %s::text[],"
+            "SELECT {}(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s::text[], %s::text[],"
             " %s, %s, %s, %s::uuid[], %s::bigint[], %s, %s)"
         ).format(function)
 
@@ -124,7 +124,7 @@ class InFlightRecorder(PostgresApplicationRecorder):
                 if exc.sqlstate == READ_CHANGED_STATE:
                     raise IntegrityError(str(exc).strip().splitlines()[0]) from None
                 raise
-            return [row[RECORD_FUNCTION] for row in curs.fetchall()]
+        return None  # nothing here reads the notification ids back (the library's put skips them then)
 
 
 def array_literal(elements: Iterable[str]) -> str:
@@ -148,7 +148,7 @@ CREATE OR REPLACE FUNCTION {function}(
     ids uuid[], versions bigint[], topics text[], states bytea[], added text[], removed text[],
     fence_pool text, fence_engine text, fence_epoch bigint, read_ids uuid[], read_versions bigint[],
     lock_wait text, flush boolean)
-RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
+RETURNS void LANGUAGE plpgsql AS $body$
 BEGIN
     PERFORM set_config('lock_timeout', lock_wait, true);
     IF NOT flush THEN
@@ -175,8 +175,8 @@ BEGIN
     IF cardinality(removed) > 0 THEN
         DELETE FROM {in_flight} WHERE command_id = ANY(removed);
     END IF;
-    RETURN QUERY INSERT INTO {events} (originator_id, originator_version, topic, state)
-        SELECT * FROM unnest(ids, versions, topics, states) RETURNING notification_id;
+    INSERT INTO {events} (originator_id, originator_version, topic, state)
+        SELECT * FROM unnest(ids, versions, topics, states);
 END
 $body$
 """
