@@ -27,6 +27,7 @@ from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import EndKind, FailureCause, TaskStatus, parse_agent_task_key
 from orchestrator.domain.recovery import AgentView, Decision, Verdict, decide
 from orchestrator.engine.agent_link import AgentLink
+from orchestrator.engine.polling import agent_acts_next
 from orchestrator.engine.report import RecoveryReport
 from orchestrator.engine.stopping import Stopper
 from orchestrator.engine.writer import Change, CommandWriter
@@ -86,7 +87,8 @@ class PoolRecovery:
         report = RecoveryReport()
         view = view_of(statuses)
         decisions: dict[UUID, Decision] = {}
-        self.writer.apply({ident: _recover(view, decisions) for ident in list(self.held)})
+        # Verdicts that only resume polling need not wait for the disk; stops and reverts do.
+        self.writer.apply({ident: _recover(view, decisions) for ident in list(self.held)}, flush=agent_acts_next)
         for ident, decision in decisions.items():
             if decision.verdict is Verdict.NOTHING:
                 self.held.pop(ident, None)
@@ -105,7 +107,10 @@ class PoolRecovery:
     def _sweep(self, statuses: Sequence[AgentTaskStatus]) -> int:
         """Agent tasks of ours whose command no longer expects them: stop them, clear them once ended."""
         found = 0
+        held = {str(ident) for ident in self.held}  # keys start with their command's id, as text
         for status in statuses:
+            if status.key.partition("/")[0] in held:
+                continue
             parsed = parse_agent_task_key(status.key)
             if parsed is None or parsed[0] in self.held:
                 continue
