@@ -33,6 +33,7 @@ class LagSamplingRunner(ReadModelRunner):
 
     max_lag = 0
     catch_up_seconds = 0.0
+    events = 0  # events the catch-ups read (every event of the log, inventory events included)
     writes = 0  # catch-ups that applied events (each at least one transaction)
 
     def catch_up(self, *, batch_size: int | None = None, max_seconds: float | None = None) -> int:
@@ -43,6 +44,7 @@ class LagSamplingRunner(ReadModelRunner):
         finally:
             self.catch_up_seconds += time.perf_counter() - started
         self.max_lag = max(self.max_lag, events)
+        self.events += events
         self.writes += 1 if events else 0
         return events
 
@@ -109,6 +111,7 @@ def warm_up(h: Harness, vm_id: str) -> None:
         h.engine.cycle()
     h.lag.max_lag = 0
     h.lag.catch_up_seconds = 0.0
+    h.lag.events = 0
     h.timed.busy_seconds = 0.0
 
 

@@ -38,14 +38,25 @@ def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
                     "met": single["seconds"] < 0.005,
                 }
             )
+        for level in r.get("throughput", []):
+            live = level.get("live_catch_up_events_per_second")
+            if live is not None and level["in_flight"] > 1:
+                out.append(
+                    {
+                        "target": f"live catch-up of the read models >= 20,000 ev/s, {level['in_flight']} in flight",
+                        "backend": backend,
+                        "figure": f"{figure(live)} events/s (the engine's catch-ups, every event of the log)",
+                        "met": live >= 20_000,
+                    }
+                )
         if rec := r.get("recovery"):
             rate = rec["setup"].get("history_catch_up_events_per_second")
             if rate is not None:
                 out.append(
                     {
-                        "target": "live catch-up of the read models >= 20,000 events/s",
+                        "target": "... and of a backlog of ended history >= 20,000 events/s",
                         "backend": backend,
-                        "figure": f"{figure(rate)} events/s ({rec['history']:,} ended commands)",
+                        "figure": f"{figure(rate)} events/s ({rec['history']:,} ended commands, 6 events each)",
                         "met": rate >= 20_000,
                     }
                 )

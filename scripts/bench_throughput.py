@@ -22,6 +22,7 @@ from scripts.bench_stores import Scratch
 class ThroughputRun(LifecycleRun):
     accept_seconds: float
     catch_up_seconds: float
+    catch_up_events: int  # events the engine's catch-ups applied (its live catch-up, as it keeps up)
     cycles: int
     max_lag: int
     violations: list[str]
@@ -45,6 +46,7 @@ def run_throughput(
             agent_seconds=h.timed.busy_seconds,
             accept_seconds=loop.accept_seconds,
             catch_up_seconds=h.lag.catch_up_seconds,
+            catch_up_events=h.lag.events,
             cycles=loop.cycles,
             max_lag=h.lag.max_lag,
             violations=invariant_violations(h, loop.accepted_ids),
@@ -87,6 +89,7 @@ def throughput_level(run: SectionRun, in_flight: int, commands: int) -> dict[str
         "dbos_agent_share": median([r.agent_share for r in dbos]),
         "ours_accept_share": median([r.accept_seconds / r.seconds for r in ours]),
         "ours_catch_up_share": median([r.catch_up_seconds / r.seconds for r in ours]),
+        "live_catch_up_events_per_second": median([r.catch_up_events / max(r.catch_up_seconds, 1e-9) for r in ours]),
         "ours_tasks_per_second_without_agent": median([r.tasks_per_second_without_agent for r in ours]),
         "dbos_tasks_per_second_without_agent": median([r.tasks_per_second_without_agent for r in dbos]),
         "ours_cycles": median([r.cycles for r in ours]),
