@@ -55,8 +55,11 @@ def browser() -> Iterator[Any]:
         if REQUIRE_BROWSER:
             pytest.fail(problem + " (ORCHESTRATOR_REQUIRE_BROWSER=1)")
         pytest.skip(problem + "; set ORCHESTRATOR_REQUIRE_BROWSER=1 to fail instead")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Every expectation waits as long as an action may: what the pages show follows the engine, which
+    # a loaded machine (the whole suite on two workers) slows well past expect's default of 5 s.
+    expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as driver:
         launched = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
