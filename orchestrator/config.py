@@ -20,6 +20,13 @@ class EngineSettings(BaseSettings):
     end_action_backoff: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
     agent_backoff_max: float = Field(30.0, gt=0, description="longest wait between calls to a down agent")
     agent_timeout: float = Field(10.0, gt=0, le=600, description="an agent's answer slower than this is a failure")
+    catch_up_interval: float = Field(
+        0.25,
+        ge=0,
+        le=3600,
+        description="while it writes, the engine brings the read models up to date at most this often (and always "
+        "when it goes idle); every query catches them up first anyway",
+    )
     lease_timeout: float = Field(
         10.0, ge=0.5, le=600, description="a pool whose engine has not renewed its lease for this long is taken over"
     )

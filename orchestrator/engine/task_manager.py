@@ -101,6 +101,8 @@ class TaskManager:
         self._store_retry_at = 0.0
         self._store_backoff = 0.0
         self._next_rebalance = 0.0
+        self._behind = False  # the engine wrote since the read models were last brought up to date
+        self._caught_up_at = float("-inf")
         if leases is not None:
             leases.health = self.agent_health
 
@@ -338,8 +340,8 @@ class TaskManager:
         report = CycleReport()
         for done in side_by_side(_cycle_of, list(self.workers.values())):
             report.add(done)
-        if self.catch_up is not None and report.store_transactions:
-            self.catch_up()
+        self._behind = self._behind or bool(report.store_transactions)
+        self._catch_up_if_due(raise_outages=True)
         self.observer.cycle_done(report, time.monotonic() - started)
         return report
 
@@ -356,11 +358,10 @@ class TaskManager:
         # often keeps the collector from rescanning them (about 10% of a busy cycle).
         thresholds = gc.get_threshold()
         gc.set_threshold(max(thresholds[0], 50_000), 50, 50)
-        wrote = threading.Event()
 
         def observed(report: CycleReport) -> None:
             if report.store_transactions:
-                wrote.set()
+                self._behind = True
             self.observer.cycle_done(report, report.seconds)
             if on_cycle is not None:
                 on_cycle(report)
@@ -377,16 +378,14 @@ class TaskManager:
                 failed = next((w.failure for w in self.workers.values() if w.failure is not None), None)
                 if failed is not None:
                     raise failed
-                if wrote.is_set() and self.catch_up is not None:
-                    wrote.clear()
-                    self._catch_up()
+                self._catch_up_if_due(raise_outages=self.leases is None)
                 if until_idle and self.idle and (self.leases is None or self.workers):
                     break
                 stop.wait(self.settings.poll_interval)
         finally:
             self._stop_threads()
-            if self.catch_up is not None:
-                self._catch_up()
+            self._behind = True
+            self._catch_up_if_due(raise_outages=self.leases is None, now=True)
             gc.set_threshold(*thresholds)
 
     def _stop_threads(self) -> None:
@@ -401,12 +400,23 @@ class TaskManager:
             worker.thread = None
             worker.stopping.clear()
 
-    def _catch_up(self) -> None:
-        assert self.catch_up is not None
+    def _catch_up_if_due(self, *, raise_outages: bool, now: bool = False) -> None:
+        """Bring the read models up to date if the engine wrote since they were, at most once per
+        `catch_up_interval` while it is busy (a catch-up of a hundred cycles costs about what one
+        costs) and at once when it goes idle. Readers never depend on it: every query catches the
+        read models up first."""
+        if self.catch_up is None or not self._behind:
+            return
+        due = self._caught_up_at + self.settings.catch_up_interval
+        if not (now or self.idle or time.monotonic() >= due):
+            return
+        self._behind = False
+        self._caught_up_at = time.monotonic()
         try:
             self.catch_up()
         except STORE_OUTAGES as exc:
-            if self.leases is None:
+            self._behind = True
+            if raise_outages:
                 raise
             self._store_down(exc)
 
