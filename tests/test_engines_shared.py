@@ -111,9 +111,10 @@ def submit_all(store: str, agent_state: Path) -> list[str]:
         return [str(orch.submit("RemoveVm", {"vm_id": vm}).command_id) for vm in sorted(vms)]
 
 
-def all_ended(store: str, agent_state: Path, ids: list[str]) -> bool:
+def all_done(store: str, agent_state: Path, ids: list[str]) -> bool:
+    """Every command ended and its tasks cleared on the agent (no longer in flight): what the end checks check."""
     with Orchestrator.open(store, agent_state=agent_state, create=False) as orch:
-        return all(orch.command(i).ended for i in ids)
+        return all(not orch.command(i).in_flight for i in ids)
 
 
 def writes_in_log_order(store: str, agent_state: Path) -> list[tuple[str, int]]:
@@ -171,7 +172,7 @@ def test_an_engine_whose_lease_connection_is_cut_stops_acting_and_another_takes_
         wait_for(lambda: len(writes_in_log_order(shared_store, agent_state)) > 0, timeout=30, what="first writes")
         assert server.terminate_backends("orchestrator-lease") >= 1
         wait_for(lambda: holders(shared_store, agent_state)["p1"][1] >= 2, timeout=30, what="a new epoch")
-        wait_for(lambda: all_ended(shared_store, agent_state, ids), timeout=90, what="every command to end")
+        wait_for(lambda: all_done(shared_store, agent_state, ids), timeout=90, what="every command done")
     finally:
         code, stderr = stop(first)
         if second is not None:
@@ -232,7 +233,7 @@ def test_a_frozen_engine_that_wakes_after_a_takeover_does_nothing_more(
         first.send_signal(signal.SIGCONT)
         _, stderr = first.communicate(timeout=60)
         code = first.returncode
-        wait_for(lambda: all_ended(shared_store, agent_state, ids), timeout=90, what="every command to end")
+        wait_for(lambda: all_done(shared_store, agent_state, ids), timeout=90, what="every command done")
     finally:
         if first.poll() is None:
             stop(first)
@@ -262,7 +263,7 @@ def test_engines_ride_through_a_database_restart(
         ids = submit_all(shared_store, agent_state)
         wait_for(lambda: len(writes_in_log_order(shared_store, agent_state)) > 0, timeout=30, what="first writes")
         server.restart(down_seconds=3)
-        wait_for(lambda: all_ended(shared_store, agent_state, ids), timeout=120, what="every command to end")
+        wait_for(lambda: all_done(shared_store, agent_state, ids), timeout=120, what="every command done")
         assert first.poll() is None and second.poll() is None, "an engine exited over the restart:\n" + "\n".join(
             p.communicate()[1][-3000:] for p in (first, second) if p.poll() is not None
         )
@@ -273,7 +274,8 @@ def test_engines_ride_through_a_database_restart(
     says = [line for line in first_err.splitlines() if "the store cannot be reached" in line]
     assert len(says) <= 1, "said once, not per attempt:\n" + "\n".join(says)
     assert_no_write_after_a_successor(writes_in_log_order(shared_store, agent_state))
-    end_checks(shared_store, agent_state, agents, ids)
+    # A restart between the agent's create and its record cuts a submission short (G1: it fails).
+    end_checks(shared_store, agent_state, agents, ids, cut_submissions=True)
 
 
 # ---- 4. engines sharing the pools; one pinned ------------------------------------------------------
@@ -333,7 +335,7 @@ def test_engines_share_the_pools_fairly_and_a_pinned_engine_takes_its_own(
         )
         wait_for(lambda: split() == [1, 1, 2], timeout=30, what="the other two to share the other three")
         ids = submit_all(shared_store, agent_state)
-        wait_for(lambda: all_ended(shared_store, agent_state, ids), timeout=90, what="every command to end")
+        wait_for(lambda: all_done(shared_store, agent_state, ids), timeout=90, what="every command done")
     finally:
         codes = [stop(e) for e in engines]
     assert all(code == 0 for code, _ in codes), [err[-1500:] for _, err in codes]

@@ -570,6 +570,10 @@ class PostgresTables:
             max_size=4,
             open=False,
             timeout=10,
+            # A connection is tried before it is lent (one empty round trip): after a server restart
+            # each idle one would otherwise fail once, and the engine would meet the outage again
+            # for each, long after the store answered.
+            check=ConnectionPool.check_connection,
         )
         self._open_lock = threading.Lock()
         self._opened = False
