@@ -156,6 +156,8 @@ def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[Any, ..
         ) from None
     try:
         yield conn
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # the server went away meanwhile
+        raise StoreUnavailableError(f"lost the connection to {config.redacted}: {config.scrub(str(exc))}") from None
     finally:
         conn.close()
 

@@ -434,22 +434,27 @@ class PostgresLeaseConnection:
     @contextlib.contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Cursor]:
         with self._lock:
-            if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = self._connect()
-                self.generation += 1
-                if self._alive is not None:
-                    self._conn.execute("SELECT pg_advisory_lock(%s)", (self._alive_key(self._alive),))
-            conn = self._conn
             try:
+                conn = self._connection()
                 with conn.transaction():
                     yield _QmarkCursor(conn.cursor())
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
+                if self._conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        self._conn.close()
                 self._conn = None
                 raise StoreUnavailableError(
                     f"lost the connection to {self.config.redacted}: {self._reason(exc)}"
                 ) from None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The lease connection, made again (with this engine's liveness lock) when it was lost."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+            self.generation += 1
+            if self._alive is not None:  # the server may go away here too: the caller says it was lost
+                self._conn.execute("SELECT pg_advisory_lock(%s)", (self._alive_key(self._alive),))
+        return self._conn
 
     def dead_among(self, engine_ids: Iterable[str], me: str) -> set[str]:
         """Engines whose liveness lock is free: their process, or its lease connection, is gone."""
@@ -584,7 +589,7 @@ class PostgresTables:
             self._open_once()
             with self._pool.connection() as conn:
                 yield conn
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StoreUnavailableError(
                 f"lost the connection to {self.config.redacted}: {self.config.scrub(str(exc))}"
             ) from None
