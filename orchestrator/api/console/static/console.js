@@ -31,7 +31,9 @@
         const target = document.getElementById("live");
         if (target) {
           const kept = keepInputs(target);
+          const forms = keepForms(target, doc.body);
           target.replaceChildren(...doc.body.childNodes);
+          forms.forEach(([fresh, old]) => fresh.replaceWith(old));
           restoreInputs(target, kept);
         }
       }
@@ -46,6 +48,16 @@
     const kept = {};
     root.querySelectorAll("input[name]").forEach((el) => { kept[el.name] = el.value; });
     return kept;
+  }
+  // A cancel form still offered stays the same element: what is being typed into it, its focus,
+  // and a click on its way to it are not lost to a refresh that lands meanwhile.
+  function keepForms(root, incoming) {
+    const pairs = [];
+    incoming.querySelectorAll("form[data-cancel]").forEach((fresh) => {
+      const old = root.querySelector('form[data-cancel="' + CSS.escape(fresh.dataset.cancel) + '"]');
+      if (old) pairs.push([fresh, old]);
+    });
+    return pairs;
   }
   function restoreInputs(root, kept) {
     root.querySelectorAll("input[name]").forEach((el) => { if (el.name in kept) el.value = kept[el.name]; });
