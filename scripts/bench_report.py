@@ -60,9 +60,14 @@ def _throughput_table(backends: dict[str, Any]) -> Table:
     t = Table(title="Lifecycle throughput, tasks/s (medians)", show_lines=False)
     for col in ("store", "in flight", "cmds", "ours", "DBOS", "ours/DBOS", "paired", "batched accepts", "DBOS mode"):
         t.add_column(col, justify="right" if col not in ("store", "DBOS mode") else "left")
-    for col in ("ours w/o agent", "DBOS w/o agent", "accept share", "max proj. lag (events)", "live catch-up ev/s"):
-        t.add_column(col, justify="right")
-    for col in ("invariants",):
+    for col in (
+        "ours w/o agent",
+        "DBOS w/o agent",
+        "accept share",
+        "max proj. lag (events)",
+        "live catch-up ev/s",
+        "invariants",
+    ):
         t.add_column(col, justify="right")
     for backend, r in backends.items():
         for lv in r.get("throughput", []):

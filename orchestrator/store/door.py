@@ -157,7 +157,7 @@ def pg_connect(config: StoreConfig) -> Iterator[psycopg.Connection[tuple[Any, ..
     try:
         yield conn
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # the server went away meanwhile
-        raise StoreUnavailableError(f"lost the connection to {config.redacted}: {config.scrub(str(exc))}") from None
+        raise config.connection_lost(exc) from None
     finally:
         conn.close()
 

@@ -590,9 +590,7 @@ class PostgresTables:
             with self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise StoreUnavailableError(
-                f"lost the connection to {self.config.redacted}: {self.config.scrub(str(exc))}"
-            ) from None
+            raise self.config.connection_lost(exc) from None
 
     def _open_once(self) -> None:
         """Open the pool on first use, once: threads serving requests at the same moment must not

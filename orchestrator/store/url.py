@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit, ur
 
 from pydantic import SecretStr
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import StoreError, StoreUnavailableError
 
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 STORE_ENV_VAR = "ORCHESTRATOR_STORE"
@@ -103,6 +103,10 @@ class StoreConfig:
             for form in dict.fromkeys((secret, quote(secret, safe=""), quote(secret))):
                 text = text.replace(form, "***")
         return text
+
+    def connection_lost(self, exc: BaseException) -> StoreUnavailableError:
+        """The outage a driver error on an open connection means, said without the secrets."""
+        return StoreUnavailableError(f"lost the connection to {self.redacted}: {self.scrub(str(exc))}")
 
     # ---- connecting -------------------------------------------------------------------------
 
