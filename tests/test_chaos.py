@@ -39,7 +39,7 @@ from orchestrator.agent.protocol import Fence, StaleEpochError
 from orchestrator.bootstrap import Orchestrator
 from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.inventory import Vm
-from orchestrator.domain.model import EntityRef, EntityType
+from orchestrator.domain.model import DEFAULT_POOL, EntityRef, EntityType
 from orchestrator.errors import CommandRefusedError, NotFoundError, OrchestratorError
 from orchestrator.pools import add_pool
 from orchestrator.store import writer_of
@@ -579,8 +579,17 @@ def test_three_engines_under_random_kills_freezes_cuts_and_a_database_restart_ne
     with Orchestrator.open(store, agent_state=agent_state, create=False) as orch:
         invariants_hold(orch, agent_state, expected_commands=waves.accepted)
         writes, unplaced = writes_by_pool(orch)
+        # A command that uses no storage domain runs in the default pool: a RemoveVm of a VM whose
+        # disks a failed removal took already (the waves' conflicts pick such VMs now and then).
+        strays = [
+            f"{c.id} {c.flow} {c.summary!r}"
+            for c in (orch.command(i) for i in waves.accepted)
+            if c.pool_id not in POOLS
+            and (c.pool_id != DEFAULT_POOL or any(e.ref.type is EntityType.STORAGE_DOMAIN for e in c.entities))
+        ]
     assert unplaced == [], f"{report}: events written under a lease that belong to no pool: {unplaced[:5]}"
-    assert set(writes) == set(POOLS), report
+    assert strays == [], f"{report}: commands in a pool they do not belong to: {strays[:5]}"
+    assert set(POOLS) <= set(writes) <= {*POOLS, DEFAULT_POOL}, report
     assert log_order_problems(writes) == [], report
     assert max(epoch for found in writes.values() for _, epoch, _ in found) >= 3, f"{report}: no takeover wrote"
     for pool, agent in agents.items():
