@@ -7,7 +7,9 @@ children in `proj_commands`, the entities each declared in
 `proj_command_entities`, each task in `proj_entity_tasks` and
 `proj_active_tasks`. The statements run in the caller's transaction, the one
 that deletes the commands' events, so a read model never shows a command the
-log no longer holds, and a rebuild from the log gives the same rows.
+log no longer holds, and a rebuild from the log gives the same rows. The
+transaction also counts itself in the tracking table, so that a catch-up built
+from the log before it is not written after it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchestrator.store.tables import Cursor, Tables
+from projections.runner import TRACKING_TABLE
 from projections.statements import StatementBatch
 
+# A row of the tracking table that counts the prunes' transactions: a catch-up that read its batch
+# before one (and writes it only now, under the lock) finds the count changed and reads it again.
+PRUNES_ROW = "(prunes)"
+COUNT_PRUNE = (
+    f"INSERT INTO {TRACKING_TABLE} VALUES (?, 1) "
+    f"ON CONFLICT (projection) DO UPDATE SET position = {TRACKING_TABLE}.position + 1"
+)
 DELETE_COMMAND_ENTITY = "DELETE FROM proj_command_entities WHERE entity_type = ? AND entity_id = ? AND command_id = ?"
 
 
@@ -42,4 +52,5 @@ def delete_command_rows(cursor: Cursor, tables: Tables, accepted: Iterable[tuple
     keys = len(out)
     if keys:
         out.run(cursor, tables)
+    cursor.execute(COUNT_PRUNE, (PRUNES_ROW,))
     return keys

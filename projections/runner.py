@@ -77,6 +77,24 @@ class RebuildResult:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
 
+@dataclass
+class _CatchUpBatch:
+    """A catch-up's next batch: the positions it was built from, and its writes."""
+
+    positions: dict[str, int]
+    events: int
+    statements: StatementBatch
+    last: int  # the position of its last event
+    behind: list[str]  # the projections it advances
+
+    def write(self, cur: Cursor, tables: Tables) -> None:
+        with collector_paused():
+            self.statements.run(cur, tables)
+        marks = ", ".join("?" * len(self.behind))
+        sql = f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection IN ({marks})"
+        cur.execute(sql, (self.last, *self.behind))
+
+
 class ReadModelRunner:
     """Advances, rebuilds and verifies the read models of one store."""
 
@@ -154,28 +172,43 @@ class ReadModelRunner:
 
     def catch_up(self, *, batch_size: int | None = None, max_seconds: float | None = None) -> int:
         """Apply every event recorded so far, `batch_size` (by default the store's catch_up_events)
-        a transaction; returns the number of events read."""
+        a transaction; returns the number of events read.
+
+        Where the read models' write lock stops the engine (SQLite's file lock), a batch is read
+        and built before the lock is taken, and only written under it; if another process moved
+        the positions meanwhile, it is built again under the lock."""
         batch_size = batch_size or self.db.catch_up_events
         started = time.monotonic()
         total = 0
         while True:
+            built: _CatchUpBatch | None = None
+            if self.db.builds_catch_up_unlocked:
+                with self.db.read() as cur:
+                    built = self._build_catch_up(cur, self._positions(cur), batch_size)
             with self.db.write(flush=False) as cur:  # derived from the log, with its position
                 positions = self._positions(cur)
-                targets = [(p, positions.get(p.name, 0)) for p in self.projections]
-                low = min(pos for _, pos in targets)
-                notifications = self._select(cur, low, batch_size)
-                if not notifications:
+                if built is None or built.positions != positions:
+                    built = self._build_catch_up(cur, positions, batch_size)
+                if not built.events:
                     return total
-                self._apply(cur, notifications, targets, "")
-                last = notifications[-1][0]
-                behind = [p.name for p, pos in targets if last > pos]
-                marks = ", ".join("?" * len(behind))
-                cur.execute(f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection IN ({marks})", (last, *behind))
-            total += len(notifications)
-            if len(notifications) < batch_size:
+                built.write(cur, self.db)
+            total += built.events
+            if built.events < batch_size:
                 return total
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 return total
+
+    def _build_catch_up(self, cur: Cursor, positions: dict[str, int], batch_size: int) -> _CatchUpBatch:
+        """The next batch of events after the lowest position, built into the writes it makes."""
+        targets = [(p, positions.get(p.name, 0)) for p in self.projections]
+        notifications = self._select(cur, min(pos for _, pos in targets), batch_size)
+        if not notifications:
+            return _CatchUpBatch(positions, 0, StatementBatch(), 0, [])
+        with collector_paused():
+            statements = self._batch_for(notifications, targets, "")
+        last = notifications[-1][0]
+        behind = [p.name for p, pos in targets if last > pos]
+        return _CatchUpBatch(positions, len(notifications), statements, last, behind)
 
     def follow(self, stop: Callable[[], bool], interval: float = 0.2, *, batch_size: int | None = None) -> None:
         """Keep the views current until `stop()` is true (the `projections run` service)."""

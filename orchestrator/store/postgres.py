@@ -560,7 +560,8 @@ class PostgresTables:
     """
 
     dialect = "postgresql"
-    catch_up_events = 20_000  # a batch holds only the read models' advisory lock: events go on being written
+    catch_up_events = 20_000
+    builds_catch_up_unlocked = False  # the read models' advisory lock stops no event writer
 
     def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
         from psycopg_pool import ConnectionPool

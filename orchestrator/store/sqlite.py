@@ -438,7 +438,8 @@ class SQLiteTables:
     """The read models' tables in a SQLite store: one connection per thread, writers by BEGIN IMMEDIATE."""
 
     dialect = "sqlite"
-    catch_up_events = 2000  # a batch holds the file's write lock: the engine and clients wait for it
+    catch_up_events = 20_000
+    builds_catch_up_unlocked = True  # the file's write lock stops the engine and clients: held to write only
 
     def __init__(self, config: StoreConfig, *, read_only: bool = False) -> None:
         assert config.path is not None

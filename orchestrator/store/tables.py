@@ -39,6 +39,10 @@ class Tables(Protocol):
     # coalesces most (rows a cycle inserts and deletes are never written), but holds the
     # read models' write lock while it is built and written: on SQLite the file's only one.
     catch_up_events: int
+    # Whether a catch-up reads and builds its batch before taking that lock, and only writes
+    # under it: where the lock stops the engine (SQLite). Elsewhere building under the lock
+    # spares processes that catch up at once from building the same batch.
+    builds_catch_up_unlocked: bool
 
     def read(self) -> AbstractContextManager[Cursor]:
         """A consistent snapshot for reading (no lock that blocks writers)."""
