@@ -31,6 +31,11 @@ TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
 REBUILD_LOCK = "rebuild"
 BATCH_SIZE = 2000  # events per transaction of a rebuild (a live catch-up: the tables' catch_up_events)
+# Rows a catch-up writes at most under a lock that stops the engine (SQLite's): about 0.1 s. A live
+# batch stays under it (most of its rows cancel out: 1,000 RemoveVm a cycle write 27,000 rows); a
+# backlog's batches (about 4.5 rows an event) shrink to it.
+LOCKED_ROWS = 30_000
+MIN_BATCH = 100
 # Only these events change a read model; others are passed over (but counted).
 RELEVANT_PREFIX = RootCommand.Accepted.__module__ + ":RootCommand."
 
@@ -75,6 +80,12 @@ class RebuildResult:
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _next_size(size: int, rows: int, most: int) -> int:
+    """The events of the next batch, so that it writes about LOCKED_ROWS rows (at most `most`)."""
+    fits = size * LOCKED_ROWS // rows if rows else most
+    return max(MIN_BATCH, min(most, 2 * size, fits))
 
 
 @dataclass
@@ -171,32 +182,36 @@ class ReadModelRunner:
         return out
 
     def catch_up(self, *, batch_size: int | None = None, max_seconds: float | None = None) -> int:
-        """Apply every event recorded so far, `batch_size` (by default the store's catch_up_events)
-        a transaction; returns the number of events read.
+        """Apply every event recorded so far, up to `batch_size` (by default the store's
+        catch_up_events) a transaction; returns the number of events read.
 
         Where the read models' write lock stops the engine (SQLite's file lock), a batch is read
-        and built before the lock is taken, and only written under it; if another process moved
-        the positions meanwhile, it is built again under the lock."""
-        batch_size = batch_size or self.db.catch_up_events
+        and built before the lock is taken, and only written under it (built again under the lock
+        if another process moved the positions, or a prune ran, meanwhile); and the batches of a
+        long backlog, whose rows do not cancel out, shrink to about LOCKED_ROWS rows each."""
+        most = batch_size or self.db.catch_up_events
+        size = most
         started = time.monotonic()
         total = 0
         while True:
             built: _CatchUpBatch | None = None
             if self.db.builds_catch_up_unlocked:
                 with self.db.read() as cur:
-                    built = self._build_catch_up(cur, self._positions(cur), batch_size)
+                    built = self._build_catch_up(cur, self._positions(cur), size)
             with self.db.write(flush=False) as cur:  # derived from the log, with its position
                 positions = self._positions(cur)
                 if built is None or built.positions != positions:
-                    built = self._build_catch_up(cur, positions, batch_size)
+                    built = self._build_catch_up(cur, positions, size)
                 if not built.events:
                     return total
                 built.write(cur, self.db)
             total += built.events
-            if built.events < batch_size:
+            if built.events < size:
                 return total
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 return total
+            if self.db.builds_catch_up_unlocked:
+                size = _next_size(size, built.statements.rows_written, most)
 
     def _build_catch_up(self, cur: Cursor, positions: dict[str, int], batch_size: int) -> _CatchUpBatch:
         """The next batch of events after the lowest position, built into the writes it makes."""
