@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from orchestrator.agent.port import AgentPort
 from orchestrator.bootstrap.system import Orchestrator
+from orchestrator.collector import tune_for_engine
 from orchestrator.config import EngineSettings
 from orchestrator.engine.agents import AgentDirectory
 from orchestrator.engine.lease import EngineLease
@@ -38,6 +39,7 @@ def build_engine(
 ) -> TaskManager:
     """An engine over the orchestrator's store and these agents (one agent serves every pool); it keeps
     the read models current unless told not to. With leases, it runs the pools it holds the lease of."""
+    tune_for_engine()
     return TaskManager(
         orch.store,
         agents,
