@@ -2,8 +2,10 @@
 
 The in-flight commands are real: accepted by `Orchestrator.submit` and
 submitted to the simulated agent by the real engine (tasks that run for a
-day), then the engine is dropped. Each measurement opens the store afresh (no
-warm caches), builds a new `TaskManager` and times `recover()`.
+day), then the engine is dropped. Each measurement is a process of its own, as
+an engine's start after a crash is: it opens the store, builds a new
+`TaskManager` and times `recover()`, without the heap and the caches of the
+process that built the store.
 
 The ended history is written through the real aggregates, not the engine:
 each history command is planned by the real RemoveVm flow (against an
@@ -16,11 +18,14 @@ written: recovery reads neither for ended commands.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from scripts.bench_numbers import Stopwatch, median
 from scripts.bench_plan import DISKS_PER_VM, SectionRun
 from scripts.bench_stores import Scratch, Store
 
+REPO = Path(__file__).resolve().parent.parent
 TASK_SECONDS = 24 * 3600.0
 HISTORY_BATCH = 250  # commands a transaction (1,500 events: psycopg can hang on one huge pipelined insert, psycopg#685)
 
@@ -149,10 +155,22 @@ def add_history(rs: RecoveryStore, commands: int) -> None:
 
 
 def time_recovery(rs: RecoveryStore) -> RecoveryRun:
+    """Time a recovery in a fresh process (`recover_here`); the store's URL goes on its standard input."""
+    request = json.dumps({"url": rs.store.url, "agent_state": str(rs.agent_state)})
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.bench_recovery"],
+        input=request, capture_output=True, text=True, cwd=REPO, timeout=900, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"the recovery process failed:\n{done.stderr[-4000:]}")
+    return RecoveryRun(**json.loads(done.stdout.splitlines()[-1]))
+
+
+def recover_here(url: str, agent_state: Path) -> RecoveryRun:
     """Open the store cold, start an engine, and time `recover()` until every in-flight command is decided."""
     watch = Stopwatch()
-    orch = Orchestrator.open(rs.store.url, agent_state=rs.agent_state, create=False)
-    agent = SimulatedAgent.open(rs.agent_state, task_seconds=TASK_SECONDS)
+    orch = Orchestrator.open(url, agent_state=agent_state, create=False)
+    agent = SimulatedAgent.open(agent_state, task_seconds=TASK_SECONDS)
     try:
         opened = watch.seconds
         started = time.perf_counter()
@@ -179,32 +197,44 @@ def median_run(runs: list[RecoveryRun]) -> dict[str, Any]:
 
 
 def run_section(run: SectionRun) -> dict[str, Any]:
-    """Recovery alone, and with history, each on its own store built the same way.
+    """Recovery alone, and with history, each on its own store built the same way, timed in turns.
 
     Every timed recovery records a `Recovered` event on each command, so runs on one store
-    replay more events each time; two stores keep the two figures on equal commands.
+    replay more events each time; two stores keep the two figures on equal commands. Both are
+    built first and then recovered alternately, so that each pair shares the machine's state
+    (its speed moves by a third within minutes); "paired_ratio" is the median of the pairs' ratios.
     """
     in_flight, history = run.sizes.recovery_in_flight, run.sizes.recovery_history
-    run.say(f"recovery: accepting and submitting {in_flight:,} commands")
-    rs = build_in_flight(run.scratch, run.backend, in_flight)
+    run.say(f"recovery: two stores of {in_flight:,} commands in flight, one with {history:,} ended commands of history")
+    stores: list[RecoveryStore] = []
     try:
-        alone = median_run([time_recovery(rs) for _ in range(run.runs)])
+        stores.append(build_in_flight(run.scratch, run.backend, in_flight))
+        stores.append(build_in_flight(run.scratch, run.backend, in_flight))
+        add_history(stores[1], history)
+        alone_runs, history_runs = [], []
+        for n in range(1, run.runs + 1):
+            alone_runs.append(time_recovery(stores[0]))
+            history_runs.append(time_recovery(stores[1]))
+            run.say(
+                f"recovery, run {n}: {alone_runs[-1].recover_seconds:.2f}s alone, "
+                f"{history_runs[-1].recover_seconds:.2f}s with history"
+            )
     finally:
-        run.scratch.drop(rs.store)
-    run.say(f"recovery of {in_flight:,} in flight: {alone['recover_seconds']:.2f}s")
-    run.say(f"recovery: a second store, with {history:,} ended commands of history")
-    rs = build_in_flight(run.scratch, run.backend, in_flight)
-    try:
-        add_history(rs, history)
-        with_history = median_run([time_recovery(rs) for _ in range(run.runs)])
-        run.say(f"recovery with history: {with_history['recover_seconds']:.2f}s")
-    finally:
-        run.scratch.drop(rs.store)
+        for rs in stores:
+            run.scratch.drop(rs.store)
+    alone, with_history = median_run(alone_runs), median_run(history_runs)
+    pairs = [h.recover_seconds / a.recover_seconds for a, h in zip(alone_runs, history_runs, strict=True)]
     return {
         "in_flight": in_flight,
         "history": history,
-        "setup": rs.setup,
+        "setup": stores[1].setup,
         "alone": alone,
         "with_history": with_history,
         "ratio": with_history["recover_seconds"] / alone["recover_seconds"],
+        "paired_ratio": median(pairs),
     }
+
+
+if __name__ == "__main__":
+    asked = json.loads(sys.stdin.read())
+    print(json.dumps(asdict(recover_here(asked["url"], Path(asked["agent_state"])))))

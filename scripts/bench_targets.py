@@ -91,6 +91,7 @@ def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
             )
         if rec := r.get("recovery"):
             alone, hist = rec["alone"]["recover_seconds"], rec["with_history"]["recover_seconds"]
+            paired = rec.get("paired_ratio", rec["ratio"])  # results before the recoveries were paired
             out.append(
                 {
                     "target": f"recovery of {rec['in_flight']:,} in flight < 5 s"
@@ -104,8 +105,8 @@ def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "target": f"... with {rec['history']:,} ended in history <= 1.2x",
                     "backend": backend,
-                    "figure": f"{hist:.2f} s ({rec['ratio']:.2f}x)",
-                    "met": rec["ratio"] <= 1.2,
+                    "figure": f"{hist:.2f} s ({rec['ratio']:.2f}x of medians, {paired:.2f}x paired)",
+                    "met": max(rec["ratio"], paired) <= 1.2,
                 }
             )
         if q := r.get("queries"):
