@@ -12,9 +12,9 @@ from typing import Any
 from scripts.bench_harness import harness, run_closed_loop
 from scripts.bench_numbers import Stopwatch
 from scripts.bench_plan import SectionRun
+from scripts.bench_results import REPO
 from scripts.bench_stores import Scratch
 
-REPO = Path(__file__).resolve().parent.parent
 IN_FLIGHT = 100
 TOP = 15
 

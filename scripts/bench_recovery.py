@@ -36,9 +36,9 @@ from orchestrator.flows import get_flow
 from orchestrator.testing import SimulatedAgent
 from scripts.bench_numbers import Stopwatch, median
 from scripts.bench_plan import DISKS_PER_VM, SectionRun
+from scripts.bench_results import REPO
 from scripts.bench_stores import Scratch, Store
 
-REPO = Path(__file__).resolve().parent.parent
 TASK_SECONDS = 24 * 3600.0
 HISTORY_BATCH = 250  # commands a transaction (1,500 events: psycopg can hang on one huge pipelined insert, psycopg#685)
 

@@ -40,9 +40,9 @@ from orchestrator.store.leases import LeaseSnapshot
 from orchestrator.testing import AgentProcess
 from scripts.bench_numbers import median
 from scripts.bench_plan import DISKS_PER_VM, SectionRun
+from scripts.bench_results import REPO
 from scripts.bench_stores import Scratch, Store
 
-REPO = Path(__file__).resolve().parent.parent
 POSTGRES_ONLY = "PostgreSQL only: on SQLite one engine runs at a time (another stands by on the file lock)"
 TASK_SECONDS = 1.0  # each trial's tasks: running at the signal, soon ended after the takeover
 DEFAULT_LEASE_TIMEOUT = 10.0  # ORCHESTRATOR_LEASE_TIMEOUT's default
