@@ -24,8 +24,8 @@ class EngineSettings(BaseSettings):
         0.25,
         ge=0,
         le=3600,
-        description="while it writes, the engine brings the read models up to date at most this often (and always "
-        "when it goes idle); every query catches them up first anyway",
+        description="the engine brings the read models up to date at most this often, busy or idle (and when it "
+        "stops); every query catches them up first anyway",
     )
     lease_timeout: float = Field(
         10.0, ge=0.5, le=600, description="a pool whose engine has not renewed its lease for this long is taken over"

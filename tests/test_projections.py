@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -650,3 +651,32 @@ def test_catch_ups_commit_without_waiting_for_the_disk_and_other_writes_wait(orc
     with tables.write() as cur:  # the default
         cur.execute("PRAGMA synchronous" if tables.dialect == "sqlite" else "SHOW synchronous_commit")
         assert str(cur.fetchall()[0][0]) == waits
+
+
+def test_commands_run_back_to_back_share_one_catch_up_and_queries_stay_current(
+    orch: Orchestrator, agent_state: Path
+) -> None:
+    """The engine catches the read models up at most once per interval, idle or busy; a query
+    catches them up itself, so it reads every command as it ended; a stop leaves them current."""
+    orch.seed(3, 2)
+    agent = SimulatedAgent.open(agent_state, task_seconds=0.0)
+    try:
+        engine = build_engine(orch, agent, fast_settings(catch_up_interval=3600))
+        engine.recover()
+        ids: list[UUID] = []
+        for n in (1, 2):
+            ids.append(orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"}).command_id)
+            wait_for(lambda: engine.cycle() is not None and engine.idle, timeout=20)
+        behind = {s.name: s.lag for s in orch.read_models.runner.status()}
+        assert all(lag > 0 for lag in behind.values()), f"the engine caught up again within the interval: {behind}"
+
+        assert orch.read_models.freshness("commands").lag == 0  # what every query does first
+        ended = {r.command_id: r.status for r in orch.read_models.queries.list_commands()}
+        assert ended == {str(i): "succeeded" for i in ids}
+
+        orch.submit("RemoveVm", {"vm_id": "vm-0003"})
+        stop = threading.Event()
+        engine.run(stop, until_idle=True)
+        assert {s.name: s.lag for s in orch.read_models.runner.status()} == dict.fromkeys(READ_MODELS, 0)
+    finally:
+        agent.close()
