@@ -432,6 +432,8 @@ def _single_table(backends: dict[str, Any]) -> Table:
             "",
             f"{single['events']:.0f}",
         )
+        if "mean_seconds" in single:
+            t.add_row(backend, "mean, catch-ups shared", f"{single['mean_seconds'] * 1000:.2f}", "", "", "")
     return t
 
 

@@ -1,8 +1,11 @@
 """One RemoveVm of 4 disks on its own, instant agent, from accept to cleared: each step and its transactions.
 
 The command is accepted (`Orchestrator.submit`), then the engine cycles until it
-is idle, and the read models catch up (as the engine's cycle does after it
-wrote). Each step is timed: the accept, each phase of the engine's cycles
+is idle. The engine brings the read models up to date at most once per
+`catch_up_interval`, so over commands run back to back one command in many
+carries a catch-up of those before it; the median shows a command without one,
+the mean over the commands (with a last catch-up after them, timed) the cost
+with the catch-ups shared out. Each step is timed: the accept, each phase of the engine's cycles
 (discovery, submission, polling, stopping, deciding and running end actions,
 clearing), and the catch-up; so is every store transaction that records events
 (`EventStore.save`), labelled with the step it belongs to. Figures are medians
@@ -114,6 +117,9 @@ def run_single(run: SectionRun) -> dict[str, Any]:
     current = [Timeline()]
     with harness(run.scratch, run.scratch.store(run.backend, "single"), commands) as h, instrumented(h, current):
         runs = [run_one(h, f"vm-{n:04d}", current) for n in range(1, commands + 1)]
+        started = time.perf_counter()
+        h.orch.read_models.catch_up()  # what the engine had not caught up yet is part of the cost
+        last_catch_up = time.perf_counter() - started
     steps = sorted({s for _, t in runs for s in t.steps}, key=_step_order)
     by_step: dict[str, dict[str, float]] = {}
     for step in steps:
@@ -127,6 +133,7 @@ def run_single(run: SectionRun) -> dict[str, Any]:
     return {
         "commands": commands,
         "seconds": median([total for total, _ in runs]),
+        "mean_seconds": (sum(total for total, _ in runs) + last_catch_up) / commands,
         "transactions": median([len(t.saves) for _, t in runs]),
         "events": median([sum(e for _, e, _ in t.saves) for _, t in runs]),
         "steps": by_step,
@@ -141,5 +148,8 @@ def _step_order(step: str) -> int:
 
 def run_section(run: SectionRun) -> dict[str, Any]:
     out = run_single(run)
-    run.say(f"one RemoveVm, accept to cleared: {out['seconds'] * 1000:.2f} ms ({out['transactions']:.0f} transactions)")
+    run.say(
+        f"one RemoveVm, accept to cleared: median {out['seconds'] * 1000:.2f} ms, mean {out['mean_seconds'] * 1000:.2f}"
+        f" ms ({out['transactions']:.0f} transactions)"
+    )
     return out

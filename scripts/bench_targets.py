@@ -14,6 +14,11 @@ def paired_ratio(level: dict[str, Any]) -> float:
     return float(statistics.median(float(o) / float(d) for o, d in pairs))
 
 
+def _mean(single: dict[str, Any]) -> float:
+    """A single command's mean time, the catch-ups shared out (results written before it: the median)."""
+    return float(single.get("mean_seconds", single["seconds"]))
+
+
 def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for backend, r in backends.items():
@@ -34,8 +39,9 @@ def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
                     "target": "one RemoveVm of 4 disks, instant agent, accept to cleared < 5 ms"
                     + (" (target set for PostgreSQL)" if backend != "postgres" else ""),
                     "backend": backend,
-                    "figure": f"{single['seconds'] * 1000:.2f} ms, {single['transactions']:.0f} transactions",
-                    "met": single["seconds"] < 0.005,
+                    "figure": f"median {single['seconds'] * 1000:.2f} ms, mean {_mean(single) * 1000:.2f} ms"
+                    f" (catch-ups shared), {single['transactions']:.0f} transactions",
+                    "met": max(single["seconds"], _mean(single)) < 0.005,
                 }
             )
         for level in r.get("throughput", []):
