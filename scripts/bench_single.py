@@ -1,16 +1,18 @@
 """One RemoveVm of 4 disks on its own, instant agent, from accept to cleared: each step and its transactions.
 
 The command is accepted (`Orchestrator.submit`), then the engine cycles until it
-is idle. The engine brings the read models up to date at most once per
-`catch_up_interval`, so over commands run back to back one command in many
-carries a catch-up of those before it; the median shows a command without one,
-the mean over the commands (with a last catch-up after them, timed) the cost
-with the catch-ups shared out. Each step is timed: the accept, each phase of the engine's cycles
+is idle. Each step is timed: the accept, each phase of the engine's cycles
 (discovery, submission, polling, stopping, deciding and running end actions,
 clearing), and the catch-up; so is every store transaction that records events
 (`EventStore.save`), labelled with the step it belongs to. Figures are medians
 over `single_commands` commands run one after another on one store, after a
-warm-up command.
+warm-up command, and the mean of the whole command beside them.
+
+The engine brings the read models up to date at most once per
+`catch_up_interval`, so over commands run back to back one command in many
+carries a catch-up of those before it: the median shows a command without one,
+the mean (with a last catch-up after the commands, timed) the cost with the
+catch-ups shared out.
 """
 
 from __future__ import annotations
