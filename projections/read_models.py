@@ -16,8 +16,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
+from orchestrator.domain.commands import RootCommand
 from orchestrator.domain.model import LockMode, TaskStatus
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, damaged_event
 from projections.statements import StatementBatch
 
 # A row of proj_commands still in flight: not ended, or ended with tasks still to clear.
@@ -25,6 +28,9 @@ IN_FLIGHT = "(status NOT IN ('succeeded', 'failed') OR uncleared_tasks > 0)"
 # The partial index's predicate (its text must stay as stores created it).
 IN_FLIGHT_ROOTS = f"parent_id IS NULL AND {IN_FLIGHT}"
 
+
+# Only the root command's events change a read model; others are passed over (but counted).
+RELEVANT_PREFIX = RootCommand.Accepted.__module__ + ":RootCommand."
 
 # Columns whose rows of one value are all inserted by one event (see projections/statements.py):
 # every row of a task, of a command, of a root command's family comes from its `Accepted`.
@@ -100,6 +106,15 @@ class RawEvent:
     def timestamp(self) -> str:
         stamp = self.data["timestamp"]
         return str(stamp["_data_"]) if isinstance(stamp, dict) else str(stamp)
+
+    @classmethod
+    def decode(cls, originator_id: str, version: int, topic: str, state: bytes) -> RawEvent:
+        """An event of the log from its plain (decrypted, decompressed) state; StoreError if damaged."""
+        try:
+            data = orjson.loads(state)
+        except ValueError as exc:
+            raise damaged_event(originator_id, version, topic, str(exc)) from None
+        return cls(topic[len(RELEVANT_PREFIX) :], originator_id, data)
 
 
 class EntityTasks(ReadModel):
@@ -364,6 +379,19 @@ def _tasks_leaving(event: RawEvent) -> Iterable[str]:
     if event.kind == "FailureDecided":
         return list(event.abandoned)
     return ()
+
+
+def apply_events(
+    events: Sequence[tuple[int, RawEvent]], targets: Sequence[tuple[ReadModel, int]], suffix: str
+) -> StatementBatch:
+    """The writes that apply these events (each with its log position) to each read model past its position."""
+    out = StatementBatch(doomed={("task_id", task_id) for _, event in events for task_id in tasks_leaving(event)})
+    for position_of_event, event in events:
+        out.rank = LIFECYCLE_RANK.get(event.kind, 0)
+        for projection, position in targets:
+            if position_of_event > position:
+                projection.apply(event, out, suffix)
+    return out
 
 
 READ_MODELS: dict[str, ReadModel] = {m.name: m for m in (EntityTasks(), ActiveTasks(), Commands())}

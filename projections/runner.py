@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import orjson
-
 from orchestrator.collector import collector_paused
-from orchestrator.domain.commands import RootCommand
-from orchestrator.errors import OrchestratorError, damaged_event
+from orchestrator.errors import OrchestratorError
 from orchestrator.store.event_store import EventStore, LogEntry
 from orchestrator.store.tables import Cursor, Tables
-from projections.read_models import LIFECYCLE_RANK, READ_MODELS, RawEvent, ReadModel, tasks_leaving
-from projections.statements import StatementBatch
+from projections.backlog import BACKLOG_EVENTS, BacklogBuilder
+from projections.read_models import READ_MODELS, RELEVANT_PREFIX, RawEvent, ReadModel, apply_events
+from projections.statements import StatementBatch, Writes
 
 TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
@@ -36,8 +36,9 @@ BATCH_SIZE = 2000  # events per transaction of a rebuild (a live catch-up: the t
 # backlog's batches (about 4.5 rows an event) shrink to it.
 LOCKED_ROWS = 30_000
 MIN_BATCH = 100
-# Only these events change a read model; others are passed over (but counted).
-RELEVANT_PREFIX = RootCommand.Accepted.__module__ + ":RootCommand."
+# Batches of a backlog read and handed to the worker ahead of the one being written: two, so that it
+# has the next at hand when it answers, without waiting for this process to write.
+BATCHES_AHEAD = 2
 
 ProgressCallback = Callable[[int, int], None]  # (position, head)
 
@@ -85,25 +86,50 @@ class RebuildResult:
 def _next_size(size: int, rows: int, most: int) -> int:
     """The events of the next batch, so that it writes about LOCKED_ROWS rows (at most `most`)."""
     fits = size * LOCKED_ROWS // rows if rows else most
-    return max(MIN_BATCH, min(most, 2 * size, fits))
+    return min(most, max(MIN_BATCH, min(2 * size, fits)))
+
+
+@dataclass(frozen=True)
+class _Span:
+    """The stretch of the log a catch-up's batch covers, and the tracking rows it was read from."""
+
+    positions: dict[str, int]
+    limit: int  # the events asked for
+    events: int  # the events read
+    last: int  # the position of its last event
+    behind: list[str]  # the projections it advances
+
+    @property
+    def full(self) -> bool:
+        """Whether the log may run on past it."""
+        return self.events >= self.limit
+
+    def positions_after(self) -> dict[str, int]:
+        """The tracking table's rows once the batch is written (and nobody else wrote meanwhile)."""
+        return {**self.positions, **dict.fromkeys(self.behind, self.last)}
 
 
 @dataclass
 class _CatchUpBatch:
-    """A catch-up's next batch: the positions it was built from, and its writes."""
+    """A catch-up's next batch: what it covers, and its writes."""
 
-    positions: dict[str, int]
-    events: int
-    statements: StatementBatch
-    last: int  # the position of its last event
-    behind: list[str]  # the projections it advances
+    span: _Span
+    writes: Writes
 
     def write(self, cur: Cursor, tables: Tables) -> None:
         with collector_paused():
-            self.statements.run(cur, tables)
-        marks = ", ".join("?" * len(self.behind))
+            self.writes.run(cur, tables)
+        marks = ", ".join("?" * len(self.span.behind))
         sql = f"UPDATE {TRACKING_TABLE} SET position = ? WHERE projection IN ({marks})"
-        cur.execute(sql, (self.last, *self.behind))
+        cur.execute(sql, (self.span.last, *self.span.behind))
+
+
+@dataclass
+class _BatchAhead:
+    """A batch after the one being written, being built by the backlog's worker process."""
+
+    span: _Span
+    writes: Future[Writes]
 
 
 class ReadModelRunner:
@@ -121,11 +147,14 @@ class ReadModelRunner:
             state = self.mapper.cipher.decrypt(state)
         if self.mapper.compressor:
             state = self.mapper.compressor.decompress(state)
-        try:
-            data = orjson.loads(state)
-        except ValueError as exc:
-            raise damaged_event(originator_id, version, topic, str(exc)) from None
-        return RawEvent(topic[len(RELEVANT_PREFIX) :], originator_id, data)
+        return RawEvent.decode(originator_id, version, topic, state)
+
+    @property
+    def _hands_off_backlogs(self) -> bool:
+        """Whether a backlog's batches can be built by the worker: it decodes the events as stored
+        (no cipher, no compressor) for the read models it knows by name."""
+        plain = not self.mapper.cipher and not self.mapper.compressor
+        return plain and all(READ_MODELS.get(p.name) is p for p in self.projections)
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -173,13 +202,7 @@ class ReadModelRunner:
         self, notifications: Sequence[LogEntry], targets: list[tuple[ReadModel, int]], suffix: str
     ) -> StatementBatch:
         events = [(n[0], self._raw(n)) for n in notifications if n[3].startswith(RELEVANT_PREFIX)]
-        out = StatementBatch(doomed={("task_id", task_id) for _, event in events for task_id in tasks_leaving(event)})
-        for position_of_event, event in events:
-            out.rank = LIFECYCLE_RANK.get(event.kind, 0)
-            for projection, position in targets:
-                if position_of_event > position:
-                    projection.apply(event, out, suffix)
-        return out
+        return apply_events(events, targets, suffix)
 
     def catch_up(self, *, batch_size: int | None = None, max_seconds: float | None = None) -> int:
         """Apply every event recorded so far, up to `batch_size` (by default the store's
@@ -188,42 +211,96 @@ class ReadModelRunner:
         Where the read models' write lock stops the engine (SQLite's file lock), a batch is read
         and built before the lock is taken, and only written under it (built again under the lock
         if another process moved the positions, or a prune ran, meanwhile); and the batches of a
-        long backlog, whose rows do not cancel out, shrink to about LOCKED_ROWS rows each."""
-        most = batch_size or self.db.catch_up_events
+        long backlog, whose rows do not cancel out, shrink to about LOCKED_ROWS rows each.
+
+        A backlog of `backlog_events` and more has each batch built by a second process while this
+        one writes the batch before (projections/backlog.py), checked against the positions under
+        the lock like any batch built beforehand."""
+        with BacklogBuilder() as builder:
+            return self._catch_up(batch_size or self.db.catch_up_events, max_seconds, builder)
+
+    backlog_events = BACKLOG_EVENTS
+
+    def _catch_up(self, most: int, max_seconds: float | None, builder: BacklogBuilder) -> int:
         size = most
         started = time.monotonic()
         total = 0
+        ahead: deque[_BatchAhead] = deque()  # the batches after this one, oldest first
+        backlog: bool | None = None  # whether batches are handed on: decided at the first full one
         while True:
-            built: _CatchUpBatch | None = None
-            if self.db.builds_catch_up_unlocked:
+            built = self._collect(ahead.popleft(), builder) if ahead else None
+            if built is None and self.db.builds_catch_up_unlocked:
                 with self.db.read() as cur:
                     built = self._build_catch_up(cur, self._positions(cur), size)
+            if built is not None and built.span.full and (backlog := backlog or self._is_backlog(built)):
+                with self.db.read() as cur:
+                    self._hand_on(cur, built, ahead, most, builder)
             with self.db.write(flush=False) as cur:  # derived from the log, with its position
                 positions = self._positions(cur)
-                if built is None or built.positions != positions:
+                if built is None or built.span.positions != positions:
+                    ahead.clear()  # read from positions that no longer hold
                     built = self._build_catch_up(cur, positions, size)
-                if not built.events:
+                    if built.span.full and (backlog := backlog or self._is_backlog(built)):
+                        self._hand_on(cur, built, ahead, most, builder)
+                if not built.span.events:
                     return total
                 built.write(cur, self.db)
-            total += built.events
-            if built.events < size:
+            total += built.span.events
+            if not built.span.full or (max_seconds is not None and time.monotonic() - started > max_seconds):
                 return total
-            if max_seconds is not None and time.monotonic() - started > max_seconds:
-                return total
-            if self.db.builds_catch_up_unlocked:
-                size = _next_size(size, built.statements.rows_written, most)
+            size = self._size_after(built, most)
 
-    def _build_catch_up(self, cur: Cursor, positions: dict[str, int], batch_size: int) -> _CatchUpBatch:
+    def _size_after(self, built: _CatchUpBatch, most: int) -> int:
+        """The events of the next batch: the most a transaction takes, or, where the lock stops the
+        engine, what writes about LOCKED_ROWS rows if this batch's rows are a guide."""
+        if not self.db.builds_catch_up_unlocked:
+            return most
+        return _next_size(built.span.limit, built.writes.rows_written, most)
+
+    def _is_backlog(self, built: _CatchUpBatch) -> bool:
+        """Whether the log runs on far enough past this batch for the worker to be worth starting."""
+        return self._hands_off_backlogs and self.head() - built.span.last >= self.backlog_events
+
+    def _hand_on(
+        self, cur: Cursor, built: _CatchUpBatch, ahead: deque[_BatchAhead], most: int, builder: BacklogBuilder
+    ) -> None:
+        """Read the batches after `built` (and after those handed on already), up to BATCHES_AHEAD of
+        them, and have the worker build them while `built` is written."""
+        size = self._size_after(built, most)
+        while len(ahead) < BATCHES_AHEAD:
+            after = (ahead[-1].span if ahead else built.span).positions_after()
+            entries, span = self._read(cur, after, size)
+            if not entries:
+                return
+            writes = builder.submit(entries, [(p.name, after.get(p.name, 0)) for p in self.projections])
+            if writes is None:
+                return
+            ahead.append(_BatchAhead(span, writes))
+            if not span.full:
+                return
+
+    @staticmethod
+    def _collect(ahead: _BatchAhead, builder: BacklogBuilder) -> _CatchUpBatch | None:
+        """The batch the worker built; None if the worker is gone (the batch is built here)."""
+        writes = builder.result(ahead.writes)
+        return None if writes is None else _CatchUpBatch(ahead.span, writes)
+
+    def _build_catch_up(self, cur: Cursor, positions: dict[str, int], size: int) -> _CatchUpBatch:
         """The next batch of events after the lowest position, built into the writes it makes."""
+        entries, span = self._read(cur, positions, size)
+        if not entries:
+            return _CatchUpBatch(span, Writes())
         targets = [(p, positions.get(p.name, 0)) for p in self.projections]
-        notifications = self._select(cur, min(pos for _, pos in targets), batch_size)
-        if not notifications:
-            return _CatchUpBatch(positions, 0, StatementBatch(), 0, [])
         with collector_paused():
-            statements = self._batch_for(notifications, targets, "")
-        last = notifications[-1][0]
-        behind = [p.name for p, pos in targets if last > pos]
-        return _CatchUpBatch(positions, len(notifications), statements, last, behind)
+            return _CatchUpBatch(span, self._batch_for(entries, targets, "").writes())
+
+    def _read(self, cur: Cursor, positions: dict[str, int], size: int) -> tuple[list[LogEntry], _Span]:
+        """Up to `size` events after the lowest of the read models' positions."""
+        targets = [positions.get(p.name, 0) for p in self.projections]
+        entries = self._select(cur, min(targets), size)
+        last = entries[-1][0] if entries else 0
+        behind = [p.name for p, pos in zip(self.projections, targets, strict=True) if last > pos]
+        return entries, _Span(positions, size, len(entries), last, behind)
 
     def follow(self, stop: Callable[[], bool], interval: float = 0.2, *, batch_size: int | None = None) -> None:
         """Keep the views current until `stop()` is true (the `projections run` service)."""

@@ -93,15 +93,36 @@ class StatementBatch:
     def __len__(self) -> int:
         return sum(len(p) for p in self.groups.values()) + sum(len(rows) for rows in self.inserted.values())
 
-    def run(self, cursor: Cursor, tables: Tables) -> None:
+    def writes(self) -> Writes:
+        """What the batch writes, in the order it runs: plain tuples, ready to send to the database
+        (or to another process: nothing in it refers to the batch's own rows)."""
+        inserts = []
         for table, inserted in self.inserted.items():
             kept = [tuple(row.values()) for row in inserted if id(row) not in self.removed]
             if kept:
-                tables.run_group(cursor, "insert", table, tuple(inserted[0]), kept)
+                inserts.append((table, tuple(inserted[0]), kept))
         ordered = sorted(enumerate(self.groups), key=lambda item: (item[1][0], item[0]))
-        for _, key in ordered:
-            _, operation, target, columns, where = key
-            rows = self.groups[key]
+        return Writes(inserts, [(key, self.groups[key]) for _, key in ordered])
+
+    def run(self, cursor: Cursor, tables: Tables) -> None:
+        self.writes().run(cursor, tables)
+
+
+@dataclass(frozen=True)
+class Writes:
+    """A built batch: its inserts (table, columns, rows), then its other writes in order."""
+
+    inserts: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]] = field(default_factory=list)
+    groups: list[tuple[GroupKey, list[tuple[Any, ...]]]] = field(default_factory=list)
+
+    @property
+    def rows_written(self) -> int:
+        return sum(len(rows) for _, _, rows in self.inserts) + sum(len(rows) for _, rows in self.groups)
+
+    def run(self, cursor: Cursor, tables: Tables) -> None:
+        for table, columns, rows in self.inserts:
+            tables.run_group(cursor, "insert", table, columns, rows)
+        for (_, operation, target, columns, where), rows in self.groups:
             if operation == "sql":
                 execute_rows(cursor, target, rows)
             else:

@@ -42,7 +42,7 @@ def between_build_and_write(
         batch = real(runner, cur, positions, batch_size)
         if runner is not orch.read_models.runner:
             return batch  # the other process's
-        built.append(batch.events)
+        built.append(batch.span.events)
         if len(built) == 1:
             meanwhile()
         return batch
@@ -133,7 +133,7 @@ def test_a_long_backlog_is_written_in_batches_of_bounded_rows(
     real = runner_module._CatchUpBatch.write
 
     def write(batch: Any, cur: Any, tables: Any) -> None:
-        written.append(batch.statements.rows_written)
+        written.append(batch.writes.rows_written)
         real(batch, cur, tables)
 
     monkeypatch.setattr(runner_module._CatchUpBatch, "write", write)

@@ -1,0 +1,181 @@
+"""A long backlog's batches built by a second process while this one writes (projections/backlog.py).
+
+The worker is a real process (`python -m projections.backlog_worker`); the
+backlog threshold is lowered so that a few finished commands make a backlog.
+Whatever the worker builds is written only if the positions it was built from
+still hold under the lock; a worker that dies leaves the rest to this process;
+a damaged event is the same clear error it is without the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+import projections.runner as runner_module
+from orchestrator.bootstrap import Orchestrator
+from orchestrator.errors import StoreError
+from orchestrator.store.url import parse_store_url
+from orchestrator.testing import SimulatedAgent
+from projections.backlog import BacklogBuilder
+from projections.runner import ReadModelRunner
+from tests.conftest import events_table, invariants_hold, store_sql
+from tests.test_catch_up_races import assert_equal_to_a_rebuild, finished, forget_read_models
+
+BATCH = 40  # events a batch: a dozen RemoveVm make several
+
+
+def worker_pids() -> list[int]:
+    """Children of this process running the backlog's worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and b"projections.backlog_worker" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@contextmanager
+def from_the_worker(
+    monkeypatch: pytest.MonkeyPatch, orch: Orchestrator, after_first: Callable[[], object] = lambda: None
+) -> Iterator[list[int]]:
+    """Catch-ups of `orch` hand every backlog on to the worker; yields the events of each batch it
+    built. `after_first` runs once, when the first of them is back (outside any transaction)."""
+    monkeypatch.setattr(orch.read_models.runner, "backlog_events", 1)
+    built: list[int] = []
+    real = ReadModelRunner._collect
+
+    def collect(ahead: Any, builder: BacklogBuilder) -> Any:
+        batch = real(ahead, builder)
+        if batch is not None:
+            built.append(batch.span.events)
+            if len(built) == 1:
+                after_first()
+        return batch
+
+    monkeypatch.setattr(ReadModelRunner, "_collect", staticmethod(collect))
+    yield built
+
+
+def test_a_backlog_built_by_the_worker_equals_a_rebuild(
+    monkeypatch: pytest.MonkeyPatch, orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
+) -> None:
+    ids = finished(orch, agent, 12)
+    forget_read_models(orch)
+    head = orch.store.head()
+    with from_the_worker(monkeypatch, orch) as built:
+        assert orch.read_models.runner.catch_up(batch_size=BATCH) == head
+    assert len(built) >= 3 and sum(built) > head // 2, f"the worker built {built} of {head} events"
+    assert worker_pids() == [], "the worker outlived the catch-up"
+    assert_equal_to_a_rebuild(orch)
+    assert sorted(str(r.command_id) for r in orch.read_models.queries.list_commands()) == sorted(map(str, ids))
+    invariants_hold(orch, agent_state, expected_commands=ids)
+
+
+def test_a_worker_killed_midway_leaves_the_rest_to_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+    orch: Orchestrator,
+    agent: SimulatedAgent,
+    agent_state: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ids = finished(orch, agent, 12)
+    forget_read_models(orch)
+    killed: list[int] = []
+    real = BacklogBuilder.result
+
+    def result(builder: BacklogBuilder, writes: Any) -> Any:
+        got = real(builder, writes)
+        if got is not None and not killed:
+            killed.extend(worker_pids())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        return got
+
+    monkeypatch.setattr(BacklogBuilder, "result", result)
+    with caplog.at_level(logging.WARNING, "orchestrator.projections"), from_the_worker(monkeypatch, orch) as built:
+        assert orch.read_models.runner.catch_up(batch_size=BATCH) == orch.store.head()
+    assert len(killed) == 1 and built, "the worker answered once, then was killed"
+    assert "backlog builder stopped" in caplog.text and "building in this process" in caplog.text
+    assert worker_pids() == []
+    assert_equal_to_a_rebuild(orch)
+    invariants_hold(orch, agent_state, expected_commands=ids)
+
+
+def test_a_catch_up_by_another_process_meanwhile_discards_what_the_worker_built(
+    monkeypatch: pytest.MonkeyPatch,
+    store_url: str,
+    orch: Orchestrator,
+    agent: SimulatedAgent,
+    agent_state: Path,
+) -> None:
+    ids = finished(orch, agent, 12)
+    forget_read_models(orch)
+    other = Orchestrator.open(store_url, agent_state=agent_state, create=False)
+    ours_after: list[int] = []  # batches `orch` wrote once the other had caught up
+    caught_up: list[int] = []
+
+    def other_catches_up() -> None:
+        caught_up.append(other.read_models.catch_up())
+
+    real = runner_module._CatchUpBatch.write
+
+    def write(batch: Any, cur: Any, tables: Any) -> None:
+        if caught_up:  # the other's own writes come before its catch-up returns
+            ours_after.append(batch.span.events)
+        real(batch, cur, tables)
+
+    try:
+        with from_the_worker(monkeypatch, orch, other_catches_up) as built:
+            monkeypatch.setattr(runner_module._CatchUpBatch, "write", write)
+            orch.read_models.runner.catch_up(batch_size=BATCH)
+    finally:
+        other.close()
+    assert built and caught_up and caught_up[0] > 0, "the other caught up after the worker's first batch"
+    assert ours_after == [], "a batch built from positions another process had moved on was written"
+    assert_equal_to_a_rebuild(orch)
+    invariants_hold(orch, agent_state, expected_commands=ids)
+
+
+def test_a_damaged_event_in_a_backlog_is_the_same_clear_error_from_the_worker(
+    monkeypatch: pytest.MonkeyPatch, store_url: str, orch: Orchestrator, agent: SimulatedAgent
+) -> None:
+    ids = finished(orch, agent, 12)
+    forget_read_models(orch)
+    last: Any = UUID(str(ids[-1])) if parse_store_url(store_url).kind == "postgresql" else UUID(str(ids[-1])).hex
+    store_sql(
+        store_url,
+        f"UPDATE {events_table(store_url)} SET state = ? WHERE originator_id = ? AND topic LIKE ?",
+        (b"\xde\xad\xbe\xef not json", last, "%RootCommand.Ended"),
+    )
+    before = store_sql(store_url, f"SELECT * FROM {events_table(store_url)} ORDER BY 1, 2")
+    with from_the_worker(monkeypatch, orch) as built, pytest.raises(StoreError) as raised:
+        orch.read_models.runner.catch_up(batch_size=BATCH)
+    assert built, "the worker built the batches before the damaged one"
+    message = str(raised.value)
+    assert "cannot be read" in message and str(ids[-1]) in message and "Ended" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert worker_pids() == []
+    assert store_sql(store_url, f"SELECT * FROM {events_table(store_url)} ORDER BY 1, 2") == before
+    positions = {s.name: s.position for s in orch.read_models.runner.status()}
+    damaged = store_sql(
+        store_url,
+        f"SELECT MIN({'notification_id' if parse_store_url(store_url).kind == 'postgresql' else 'rowid'})"
+        f" FROM {events_table(store_url)} WHERE state = ?",
+        (b"\xde\xad\xbe\xef not json",),
+    )[0][0]
+    assert all(0 < p < damaged for p in positions.values()), (positions, damaged)
