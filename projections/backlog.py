@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -46,6 +47,9 @@ log = logging.getLogger("orchestrator.projections")
 # about a third of a second, a batch of a live catch-up a few milliseconds.
 BACKLOG_EVENTS = 100_000
 FRAME_LENGTH = struct.Struct("!Q")
+HELLO = b"projections.backlog_worker 1\n"  # the worker's first words, before any frame
+START_SECONDS = 30.0
+LONGEST_FRAME = 2**31  # a batch's rows come to tens of megabytes
 STOP_SECONDS = 10.0
 
 
@@ -74,6 +78,7 @@ class BacklogBuilder:
     def __init__(self) -> None:
         self._worker: subprocess.Popen[bytes] | None = None
         self._exchange: ThreadPoolExecutor | None = None
+        self._gone: str | None = None  # why the worker is gone, as the exchange's thread found
         self.broken = False
 
     def __enter__(self) -> BacklogBuilder:
@@ -103,26 +108,42 @@ class BacklogBuilder:
             return None
 
     def _round_trip(self, request: tuple[list[LogEntry], list[tuple[str, int]]]) -> Writes:
-        worker = self._started()
-        assert worker.stdin is not None and worker.stdout is not None
+        if self._gone is not None:  # the batches handed on after it went
+            raise WorkerGone(self._gone)
         try:
+            worker = self._started()
+            assert worker.stdin is not None and worker.stdout is not None
             _send(worker.stdin, request)
             with collector_paused():
                 ok, answer = _receive(worker.stdout)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            raise WorkerGone(f"{type(exc).__name__}: {exc}") from None
+            self._gone = f"{type(exc).__name__}: {exc}"
+            raise WorkerGone(self._gone) from None
         if ok:
             assert isinstance(answer, Writes)
             return answer
         if isinstance(answer, OrchestratorError):
             raise answer
-        raise WorkerGone(str(answer))
+        self._gone = str(answer)
+        raise WorkerGone(self._gone)
 
     def _started(self) -> subprocess.Popen[bytes]:
+        """The worker, started and greeted: whatever `sys.executable` is, it answers as the worker
+        within START_SECONDS or is killed (OSError, EOFError)."""
         if self._worker is None:
-            self._worker = subprocess.Popen(  # its stderr is ours: a warning of its own reaches the operator
+            worker = subprocess.Popen(  # its stderr is ours: a warning of its own reaches the operator
                 [sys.executable, "-m", "projections.backlog_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
+            assert worker.stdout is not None
+            try:
+                ready, _, _ = select.select([worker.stdout], [], [], START_SECONDS)
+                if not ready or worker.stdout.readline(len(HELLO)) != HELLO:
+                    raise EOFError(f"{sys.executable} did not start as the backlog's worker")
+            except BaseException:
+                worker.kill()
+                worker.wait()
+                raise
+            self._worker = worker
         return self._worker
 
     def close(self) -> None:
@@ -156,6 +177,8 @@ def _receive(stream: IO[bytes]) -> Any:
     if len(header) < FRAME_LENGTH.size:
         raise EOFError("the worker's output ended")
     (length,) = FRAME_LENGTH.unpack(header)
+    if length > LONGEST_FRAME:
+        raise EOFError(f"a frame of {length} bytes: not the worker's")
     payload = stream.read(length)
     if len(payload) < length:
         raise EOFError("the worker's output ended within a frame")
@@ -186,6 +209,8 @@ def main() -> None:
     # The answers go out on a copy of standard output; anything else written there goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    answers.write(HELLO)
+    answers.flush()
     serve(sys.stdin.buffer, answers)
 
 

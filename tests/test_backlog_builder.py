@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from uuid import UUID
 
 import pytest
 
+import projections.backlog as backlog_module
 import projections.runner as runner_module
 from orchestrator.bootstrap import Orchestrator
 from orchestrator.errors import StoreError
@@ -35,18 +37,7 @@ BATCH = 40  # events a batch: a dozen RemoveVm make several
 
 def worker_pids() -> list[int]:
     """Children of this process running the backlog's worker."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == os.getpid() and b"projections.backlog_worker" in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, cmdline in _children() if b"projections.backlog_worker" in cmdline]
 
 
 @contextmanager
@@ -179,3 +170,39 @@ def test_a_damaged_event_in_a_backlog_is_the_same_clear_error_from_the_worker(
         (b"\xde\xad\xbe\xef not json",),
     )[0][0]
     assert all(0 < p < damaged for p in positions.values()), (positions, damaged)
+
+
+def test_an_executable_that_does_not_answer_as_the_worker_leaves_the_backlog_to_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    orch: Orchestrator,
+    agent: SimulatedAgent,
+    agent_state: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An embedding program's `sys.executable` may not be Python: one that says nothing is killed."""
+    ids = finished(orch, agent, 6)
+    forget_read_models(orch)
+    silent = tmp_path / "silent"
+    silent.write_text("#!/bin/sh\nexec sleep 600\n")
+    silent.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(silent))
+    monkeypatch.setattr(backlog_module, "START_SECONDS", 0.5)
+    with caplog.at_level(logging.WARNING, "orchestrator.projections"), from_the_worker(monkeypatch, orch) as built:
+        assert orch.read_models.runner.catch_up(batch_size=BATCH) == orch.store.head()
+    assert built == [] and "did not start as the backlog's worker" in caplog.text
+    assert not [pid for pid, cmdline in _children() if b"sleep" in cmdline], "the silent one was left running"
+    assert_equal_to_a_rebuild(orch)
+    invariants_hold(orch, agent_state, expected_commands=ids)
+
+
+def _children() -> list[tuple[int, bytes]]:
+    """This process's children: their pids and command lines."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append((int(entry.name), (entry / "cmdline").read_bytes()))
+        except OSError:
+            continue
+    return found
