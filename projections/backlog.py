@@ -57,15 +57,10 @@ class WorkerGone(Exception):
     """The worker did not answer (it exited, was killed, or failed on something not ours to report)."""
 
 
-def build_writes(entries: Sequence[LogEntry], targets: Sequence[tuple[str, int]]) -> Writes:
-    """The writes of a batch of plain log entries for the named read models at their positions."""
-    with collector_paused():
-        return _build(entries, targets)[0]
-
-
-def _build(entries: Sequence[LogEntry], targets: Sequence[tuple[str, int]]) -> tuple[Writes, object]:
-    """The writes, and what they were made from: freeing the decoded events and the batch's rows
-    takes a fifth as long as making them, and the worker does it after it has answered."""
+def build_writes(entries: Sequence[LogEntry], targets: Sequence[tuple[str, int]]) -> tuple[Writes, object]:
+    """The writes of a batch of plain log entries for the named read models at their positions, and
+    what they were made from: freeing the decoded events and the batch's rows takes a fifth as long
+    as making them, and the worker does it after it has answered."""
     models: list[tuple[ReadModel, int]] = [(READ_MODELS[name], position) for name, position in targets]
     events = [(e[0], RawEvent.decode(e[1], e[2], e[3], e[4])) for e in entries if e[3].startswith(RELEVANT_PREFIX)]
     batch = apply_events(events, models, "")
@@ -195,7 +190,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
                 return
             made_from: object = None
             try:
-                writes, made_from = _build(entries, targets)
+                writes, made_from = build_writes(entries, targets)
                 answer: tuple[bool, object] = (True, writes)
             except OrchestratorError as exc:  # a damaged event: the caller reports it as its own
                 answer = (False, exc)
