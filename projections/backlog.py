@@ -204,9 +204,14 @@ def main() -> None:
     # The answers go out on a copy of standard output; anything else written there goes to stderr.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    answers.write(HELLO)
-    answers.flush()
-    serve(sys.stdin.buffer, answers)
+    try:
+        answers.write(HELLO)
+        answers.flush()
+        serve(sys.stdin.buffer, answers)
+    except (BrokenPipeError, KeyboardInterrupt):
+        # The catch-up that started it is gone (killed, or interrupted with its process group):
+        # nobody is left to answer, and nothing to say on a terminal that is no longer ours.
+        os._exit(0)
 
 
 if __name__ == "__main__":

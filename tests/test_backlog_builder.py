@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from orchestrator.store.url import parse_store_url
 from orchestrator.testing import SimulatedAgent
 from projections.backlog import BacklogBuilder
 from projections.runner import ReadModelRunner
-from tests.conftest import events_table, invariants_hold, store_sql
+from tests.conftest import events_table, invariants_hold, store_sql, wait_for
 from tests.test_catch_up_races import assert_equal_to_a_rebuild, finished, forget_read_models
 
 BATCH = 40  # events a batch: a dozen RemoveVm make several
@@ -196,13 +197,99 @@ def test_an_executable_that_does_not_answer_as_the_worker_leaves_the_backlog_to_
     invariants_hold(orch, agent_state, expected_commands=ids)
 
 
-def _children() -> list[tuple[int, bytes]]:
-    """This process's children: their pids and command lines."""
+def _children(parent: int | None = None) -> list[tuple[int, bytes]]:
+    """The children of a process (this one by default): their pids and command lines."""
+    parent = os.getpid() if parent is None else parent
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
                 found.append((int(entry.name), (entry / "cmdline").read_bytes()))
         except OSError:
             continue
     return found
+
+
+CATCH_UP_THEN_HANG = """
+import sys, time
+from orchestrator.bootstrap import Orchestrator
+from projections.runner import ReadModelRunner
+
+real = ReadModelRunner._collect
+
+def collect(ahead, builder):
+    batch = real(ahead, builder)
+    print("worker answered", flush=True)
+    time.sleep(600)  # killed here, with batches handed on to the worker
+    return batch
+
+ReadModelRunner._collect = staticmethod(collect)
+orch = Orchestrator.open(sys.argv[1], agent_state=sys.argv[2], create=False)
+orch.read_models.runner.backlog_events = 1
+orch.read_models.runner.catch_up(batch_size=int(sys.argv[3]))
+"""
+
+
+def test_the_worker_of_a_catch_up_killed_midway_goes_quietly(
+    store_url: str, orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
+) -> None:
+    """SIGKILL the process catching up while its worker has batches in hand: the worker exits on its
+    own (its input ends), prints no traceback, and the next catch-up completes the read models."""
+    ids = finished(orch, agent, 12)
+    forget_read_models(orch)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CATCH_UP_THEN_HANG, store_url, str(agent_state), str(BATCH)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"worker answered\n", proc.stderr.read() if proc.stderr else ""
+        workers = [pid for pid, cmdline in _children(proc.pid) if b"projections.backlog_worker" in cmdline]
+        assert len(workers) == 1
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_for(
+            lambda: not Path(f"/proc/{workers[0]}").exists() or _is_zombie(workers[0]), 10, what="the worker to exit"
+        )
+        _, stderr = proc.communicate(timeout=10)  # the worker's stderr was the killed process's
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")[-2000:]
+    assert orch.read_models.runner.catch_up() > 0
+    assert_equal_to_a_rebuild(orch)
+    invariants_hold(orch, agent_state, expected_commands=ids)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_worker_whose_answer_nobody_reads_exits_without_a_traceback(
+    orch: Orchestrator, agent: SimulatedAgent
+) -> None:
+    """The catch-up went (killed, interrupted) while the worker built: writing its answer fails, and it
+    leaves quietly rather than print a traceback on a terminal that is no longer its own."""
+    finished(orch, agent, 3)
+    runner = orch.read_models.runner
+    with runner.db.read() as cur:
+        entries = runner._select(cur, 0, 100)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "projections.backlog_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    assert worker.stdout.readline() == backlog_module.HELLO
+    worker.stdout.close()  # nobody reads its answer
+    backlog_module._send(worker.stdin, (entries, [(p.name, 0) for p in runner.projections]))
+    worker.stdin.close()
+    assert worker.stderr is not None
+    stderr = worker.stderr.read()  # until it exits
+    assert worker.wait(timeout=30) == 0 and b"Traceback" not in stderr, stderr.decode(errors="replace")[-2000:]
+    worker.stderr.close()
