@@ -227,12 +227,19 @@ class ReadModelRunner:
         total = 0
         ahead: deque[_BatchAhead] = deque()  # the batches after this one, oldest first
         backlog: bool | None = None  # whether batches are handed on: decided at the first full one
+
+        def hands_on(batch: _CatchUpBatch) -> bool:
+            nonlocal backlog
+            if batch.span.full and backlog is None:
+                backlog = self._is_backlog(batch)
+            return batch.span.full and bool(backlog)
+
         while True:
             built = self._collect(ahead.popleft(), builder) if ahead else None
             if built is None and self.db.builds_catch_up_unlocked:
                 with self.db.read() as cur:
                     built = self._build_catch_up(cur, self._positions(cur), size)
-            if built is not None and built.span.full and (backlog := backlog or self._is_backlog(built)):
+            if built is not None and hands_on(built):
                 with self.db.read() as cur:
                     self._hand_on(cur, built, ahead, most, builder)
             with self.db.write(flush=False) as cur:  # derived from the log, with its position
@@ -240,7 +247,7 @@ class ReadModelRunner:
                 if built is None or built.span.positions != positions:
                     ahead.clear()  # read from positions that no longer hold
                     built = self._build_catch_up(cur, positions, size)
-                    if built.span.full and (backlog := backlog or self._is_backlog(built)):
+                    if hands_on(built):
                         self._hand_on(cur, built, ahead, most, builder)
                 if not built.span.events:
                     return total
@@ -272,7 +279,7 @@ class ReadModelRunner:
             entries, span = self._read(cur, after, size)
             if not entries:
                 return
-            writes = builder.submit(entries, [(p.name, after.get(p.name, 0)) for p in self.projections])
+            writes = builder.submit(entries, [(p.name, position) for p, position in self._targets(after)])
             if writes is None:
                 return
             ahead.append(_BatchAhead(span, writes))
@@ -290,17 +297,20 @@ class ReadModelRunner:
         entries, span = self._read(cur, positions, size)
         if not entries:
             return _CatchUpBatch(span, Writes())
-        targets = [(p, positions.get(p.name, 0)) for p in self.projections]
         with collector_paused():
-            return _CatchUpBatch(span, self._batch_for(entries, targets, "").writes())
+            return _CatchUpBatch(span, self._batch_for(entries, self._targets(positions), "").writes())
 
     def _read(self, cur: Cursor, positions: dict[str, int], size: int) -> tuple[list[LogEntry], _Span]:
         """Up to `size` events after the lowest of the read models' positions."""
-        targets = [positions.get(p.name, 0) for p in self.projections]
-        entries = self._select(cur, min(targets), size)
+        targets = self._targets(positions)
+        entries = self._select(cur, min(pos for _, pos in targets), size)
         last = entries[-1][0] if entries else 0
-        behind = [p.name for p, pos in zip(self.projections, targets, strict=True) if last > pos]
+        behind = [p.name for p, pos in targets if last > pos]
         return entries, _Span(positions, size, len(entries), last, behind)
+
+    def _targets(self, positions: dict[str, int]) -> list[tuple[ReadModel, int]]:
+        """Each read model with its position among the tracking table's rows."""
+        return [(p, positions.get(p.name, 0)) for p in self.projections]
 
     def follow(self, stop: Callable[[], bool], interval: float = 0.2, *, batch_size: int | None = None) -> None:
         """Keep the views current until `stop()` is true (the `projections run` service)."""

@@ -84,12 +84,6 @@ class StatementBatch:
             if not where or all(row[c] == v for c, v in where.items()):
                 row.update(values)
 
-    @property
-    def rows_written(self) -> int:
-        """The rows its statements write (inserted rows deleted again within the batch are not)."""
-        inserted = sum(len(rows) for rows in self.inserted.values()) - len(self.removed)
-        return inserted + sum(len(p) for p in self.groups.values())
-
     def __len__(self) -> int:
         return sum(len(p) for p in self.groups.values()) + sum(len(rows) for rows in self.inserted.values())
 
@@ -117,6 +111,7 @@ class Writes:
 
     @property
     def rows_written(self) -> int:
+        """The rows its statements write (inserted rows deleted again within the batch are not)."""
         return sum(len(rows) for _, _, rows in self.inserts) + sum(len(rows) for _, rows in self.groups)
 
     def run(self, cursor: Cursor, tables: Tables) -> None:

@@ -66,6 +66,13 @@ def assert_equal_to_a_rebuild(orch: Orchestrator) -> None:
         assert result.ok, f"{projection.name}: {result.differences[:5]}"
 
 
+def assert_whole(orch: Orchestrator, agent_state: Path, ids: list[Any]) -> None:
+    """The read models equal a rebuild and list exactly these commands; every invariant holds."""
+    assert_equal_to_a_rebuild(orch)
+    assert sorted(str(r.command_id) for r in orch.read_models.queries.list_commands()) == sorted(map(str, ids))
+    invariants_hold(orch, agent_state, expected_commands=ids)
+
+
 def finished(orch: Orchestrator, agent: SimulatedAgent, vms: int) -> list[Any]:
     orch.seed(vms, 2)
     ids = [orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"}).command_id for n in range(1, vms + 1)]
@@ -86,9 +93,7 @@ def test_a_catch_up_by_another_process_in_between_is_not_applied_twice(
     finally:
         other.close()
     assert built[0] == head and built[1:] == [0], "the batch built before the other's catch-up was built again"
-    assert_equal_to_a_rebuild(orch)
-    assert sorted(str(r.command_id) for r in orch.read_models.queries.list_commands()) == sorted(map(str, ids))
-    invariants_hold(orch, agent_state, expected_commands=ids)
+    assert_whole(orch, agent_state, ids)
 
 
 def test_a_prune_in_between_does_not_bring_the_pruned_commands_back(
