@@ -31,10 +31,15 @@ TRACKING_TABLE = "proj_tracking"
 REBUILD_SUFFIX = "__rebuild"
 REBUILD_LOCK = "rebuild"
 BATCH_SIZE = 2000  # events per transaction of a rebuild (a live catch-up: the tables' catch_up_events)
-# Rows a catch-up writes at most under a lock that stops the engine (SQLite's): about 0.1 s. A live
-# batch stays under it (most of its rows cancel out: 1,000 RemoveVm a cycle write 27,000 rows); a
-# backlog's batches (about 4.5 rows an event) shrink to it.
+# Rows a catch-up writes at most under a lock that stops the engine (SQLite's): 0.1 to 0.3 s. A live
+# batch stays under it (most of its rows cancel out: 1,000 RemoveVm a cycle write 27,000 rows); the
+# batches of a short backlog (about 4.5 rows an event) shrink to it.
 LOCKED_ROWS = 30_000
+# The same bound for a backlog long enough to be handed to the worker: the engine waits for the whole
+# catch-up anyway, and the commit of a batch rewrites every index page its random keys touched, so
+# three times the rows cost far less than three commits (0.6 s a batch instead of 0.3; a quarter
+# sooner through the backlog). Clients wait at most one batch between two.
+BACKLOG_LOCKED_ROWS = 90_000
 MIN_BATCH = 100
 # Batches of a backlog read and handed to the worker ahead of the one being written: two, so that it
 # has the next at hand when it answers, without waiting for this process to write.
@@ -83,9 +88,9 @@ class RebuildResult:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _next_size(size: int, rows: int, most: int) -> int:
-    """The events of the next batch, so that it writes about LOCKED_ROWS rows (at most `most`)."""
-    fits = size * LOCKED_ROWS // rows if rows else most
+def _next_size(size: int, rows: int, most: int, locked_rows: int = LOCKED_ROWS) -> int:
+    """The events of the next batch, so that it writes about `locked_rows` rows (at most `most`)."""
+    fits = size * locked_rows // rows if rows else most
     return min(most, max(MIN_BATCH, min(2 * size, fits)))
 
 
@@ -211,7 +216,8 @@ class ReadModelRunner:
         Where the read models' write lock stops the engine (SQLite's file lock), a batch is read
         and built before the lock is taken, and only written under it (built again under the lock
         if another process moved the positions, or a prune ran, meanwhile); and the batches of a
-        long backlog, whose rows do not cancel out, shrink to about LOCKED_ROWS rows each.
+        long backlog, whose rows do not cancel out, shrink to about LOCKED_ROWS rows each
+        (BACKLOG_LOCKED_ROWS once handed to the worker).
 
         A backlog of `backlog_events` and more has each batch built by a second process while this
         one writes the batch before (projections/backlog.py), checked against the positions under
@@ -255,14 +261,16 @@ class ReadModelRunner:
             total += built.span.events
             if not built.span.full or (max_seconds is not None and time.monotonic() - started > max_seconds):
                 return total
-            size = self._size_after(built, most)
+            size = self._size_after(built, most, bool(backlog))
 
-    def _size_after(self, built: _CatchUpBatch, most: int) -> int:
+    def _size_after(self, built: _CatchUpBatch, most: int, backlog: bool) -> int:
         """The events of the next batch: the most a transaction takes, or, where the lock stops the
-        engine, what writes about LOCKED_ROWS rows if this batch's rows are a guide."""
+        engine, what writes about LOCKED_ROWS rows (BACKLOG_LOCKED_ROWS in a backlog handed to the
+        worker) if this batch's rows are a guide."""
         if not self.db.builds_catch_up_unlocked:
             return most
-        return _next_size(built.span.limit, built.writes.rows_written, most)
+        locked_rows = BACKLOG_LOCKED_ROWS if backlog else LOCKED_ROWS
+        return _next_size(built.span.limit, built.writes.rows_written, most, locked_rows)
 
     def _is_backlog(self, built: _CatchUpBatch) -> bool:
         """Whether the log runs on far enough past this batch for the worker to be worth starting."""
@@ -273,7 +281,7 @@ class ReadModelRunner:
     ) -> None:
         """Read the batches after `built` (and after those handed on already), up to BATCHES_AHEAD of
         them, and have the worker build them while `built` is written."""
-        size = self._size_after(built, most)
+        size = self._size_after(built, most, backlog=True)
         while len(ahead) < BATCHES_AHEAD:
             after = (ahead[-1].span if ahead else built.span).positions_after()
             entries, span = self._read(cur, after, size)

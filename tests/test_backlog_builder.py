@@ -76,6 +76,36 @@ def test_a_backlog_built_by_the_worker_equals_a_rebuild(
     assert_whole(orch, agent_state, ids)
 
 
+def test_a_backlog_handed_to_the_worker_is_written_in_larger_bounded_batches(
+    monkeypatch: pytest.MonkeyPatch, orch: Orchestrator, agent: SimulatedAgent, agent_state: Path
+) -> None:
+    """Where the lock stops the engine, the batches of a backlog handed to the worker shrink to about
+    BACKLOG_LOCKED_ROWS rows, not to the LOCKED_ROWS of a short one: fewer, larger commits."""
+    ids = finished(orch, agent, 12)
+    monkeypatch.setattr(orch.read_models.tables, "builds_catch_up_unlocked", True)
+    monkeypatch.setattr(runner_module, "LOCKED_ROWS", 5)
+    monkeypatch.setattr(runner_module, "MIN_BATCH", 2)
+    written: list[int] = []
+    real = runner_module._CatchUpBatch.write
+
+    def write(batch: Any, cur: Any, tables: Any) -> None:
+        written.append(batch.writes.rows_written)
+        real(batch, cur, tables)
+
+    monkeypatch.setattr(runner_module._CatchUpBatch, "write", write)
+    batches: dict[int, int] = {}
+    for backlog_rows in (5, 20):  # the same backlog, under the short one's bound, then four times it
+        forget_read_models(orch)
+        monkeypatch.setattr(runner_module, "BACKLOG_LOCKED_ROWS", backlog_rows)
+        written.clear()
+        with from_the_worker(monkeypatch, orch) as built:
+            assert orch.read_models.runner.catch_up(batch_size=BATCH) == orch.store.head()
+        assert len(built) >= 3, f"the worker built {built}"
+        batches[backlog_rows] = len(written)
+    assert batches[20] < batches[5] / 2, f"batches written under each bound: {batches}"
+    assert_whole(orch, agent_state, ids)
+
+
 def test_a_worker_killed_midway_leaves_the_rest_to_this_process(
     monkeypatch: pytest.MonkeyPatch,
     orch: Orchestrator,
