@@ -14,6 +14,12 @@ the engine calls (tasks submitted, tasks ended, end action
 started, ended, tasks cleared), and saved 250 commands to a transaction.
 Their inventory events (locks, removals) and their agent journal rows are not
 written: recovery reads neither for ended commands.
+
+The read models' catch-up of that history (the backlog) is timed as many
+times as the recoveries, each in a process of its own: the read models'
+tables are copied aside before the first (the commands in flight, caught up)
+and put back before each of the others, so that each catches up the same
+600,000 events into the same tables.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from orchestrator.domain.inventory import Disk, InventoryEntity, Vm
 from orchestrator.domain.model import CommandStatus, TaskStatus
 from orchestrator.flows import get_flow
 from orchestrator.testing import SimulatedAgent
+from projections import READ_MODELS
 from scripts.bench_numbers import Stopwatch, median
 from scripts.bench_plan import DISKS_PER_VM, SectionRun
 from scripts.bench_results import REPO
@@ -41,6 +48,8 @@ from scripts.bench_stores import Scratch, Store
 
 TASK_SECONDS = 24 * 3600.0
 HISTORY_BATCH = 250  # commands a transaction (1,500 events: psycopg can hang on one huge pipelined insert, psycopg#685)
+READ_MODEL_TABLES = ("proj_tracking", *(table for model in READ_MODELS.values() for table in model.tables))
+KEPT_PREFIX = "bench_kept_"  # the read models' tables as they were before the backlog
 
 
 @dataclass
@@ -138,32 +147,74 @@ def ended_command(number: int) -> RootCommand:
 def add_history(rs: RecoveryStore, commands: int) -> None:
     orch = Orchestrator.open(rs.store.url, agent_state=rs.agent_state, create=False)
     try:
+        orch.read_models.catch_up()  # the commands in flight, already: nothing to do
+        keep_read_models(orch)
         watch = Stopwatch()
         for start in range(0, commands, HISTORY_BATCH):
             batch = [ended_command(n) for n in range(start + 1, min(commands, start + HISTORY_BATCH) + 1)]
             orch.save(*batch)
         rs.setup["history_write_seconds"] = watch.seconds
-        watch = Stopwatch()
-        events = orch.read_models.runner.catch_up()
-        rs.setup["history_catch_up_seconds"] = watch.seconds
-        rs.setup["history_catch_up_events_per_second"] = events / max(watch.seconds, 1e-9)
     finally:
         orch.close()
+
+
+def keep_read_models(orch: Orchestrator) -> None:
+    """Copy the read models' tables aside, as they are, to put them back before each timed backlog."""
+    with orch.read_models.tables.write() as cur:
+        for table in READ_MODEL_TABLES:
+            cur.execute(f"DROP TABLE IF EXISTS {KEPT_PREFIX}{table}")
+            cur.execute(f"CREATE TABLE {KEPT_PREFIX}{table} AS SELECT * FROM {table}")
+
+
+def put_back_read_models(orch: Orchestrator) -> None:
+    """The read models' tables as `keep_read_models` found them (emptied as a new store's are)."""
+    tables = orch.read_models.tables
+    empty = "TRUNCATE {}" if tables.dialect == "postgresql" else "DELETE FROM {}"
+    with tables.write() as cur:
+        for table in READ_MODEL_TABLES:
+            cur.execute(empty.format(table))
+            cur.execute(f"INSERT INTO {table} SELECT * FROM {KEPT_PREFIX}{table}")
 
 
 # ---- measuring -------------------------------------------------------------------------------------
 
 
 def time_recovery(rs: RecoveryStore) -> RecoveryRun:
-    """Time a recovery in a fresh process (`recover_here`); the store's URL goes on its standard input."""
-    request = json.dumps({"url": rs.store.url, "agent_state": str(rs.agent_state)})
+    """Time a recovery in a fresh process (`recover_here`)."""
+    return RecoveryRun(**in_a_process(rs, "recover"))
+
+
+def time_backlog(rs: RecoveryStore, first: bool) -> dict[str, float]:
+    """Time the catch-up of the history in a fresh process (`catch_up_here`), from the read models
+    `keep_read_models` kept (put back first, but before the first time)."""
+    return in_a_process(rs, "catch up" if first else "put back, catch up")
+
+
+def in_a_process(rs: RecoveryStore, step: str) -> dict[str, Any]:
+    """Run one step in a fresh process; the store's URL goes on its standard input."""
+    request = json.dumps({"url": rs.store.url, "agent_state": str(rs.agent_state), "step": step})
     done = subprocess.run(
         [sys.executable, "-m", "scripts.bench_recovery"],
         input=request, capture_output=True, text=True, cwd=REPO, timeout=900, check=False,
     )  # fmt: skip
     if done.returncode != 0:
-        raise SystemExit(f"the recovery process failed:\n{done.stderr[-4000:]}")
-    return RecoveryRun(**json.loads(done.stdout.splitlines()[-1]))
+        raise SystemExit(f"the {step} process failed:\n{done.stderr[-4000:]}")
+    answer: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return answer
+
+
+def catch_up_here(url: str, agent_state: Path, put_back: bool) -> dict[str, Any]:
+    """Open the store cold and time the read models' catch-up of what they lack."""
+    orch = Orchestrator.open(url, agent_state=agent_state, create=False)
+    try:
+        if put_back:
+            put_back_read_models(orch)
+        watch = Stopwatch()
+        events = orch.read_models.runner.catch_up()
+        seconds = watch.seconds
+    finally:
+        orch.close()
+    return {"events": events, "seconds": seconds, "events_per_second": events / max(seconds, 1e-9)}
 
 
 def recover_here(url: str, agent_state: Path) -> RecoveryRun:
@@ -211,6 +262,11 @@ def run_section(run: SectionRun) -> dict[str, Any]:
         stores.append(build_in_flight(run.scratch, run.backend, in_flight))
         stores.append(build_in_flight(run.scratch, run.backend, in_flight))
         add_history(stores[1], history)
+        backlog_runs = [time_backlog(stores[1], first=n == 1) for n in range(1, run.runs + 1)]
+        rates = [r["events_per_second"] for r in backlog_runs]
+        stores[1].setup["history_catch_up_seconds"] = median([r["seconds"] for r in backlog_runs])
+        stores[1].setup["history_catch_up_events_per_second"] = median(rates)
+        run.say(f"recovery: the backlog of history caught up at {', '.join(f'{r:,.0f}' for r in rates)} events/s")
         alone_runs, history_runs = [], []
         for n in range(1, run.runs + 1):
             alone_runs.append(time_recovery(stores[0]))
@@ -232,9 +288,14 @@ def run_section(run: SectionRun) -> dict[str, Any]:
         "with_history": with_history,
         "ratio": with_history["recover_seconds"] / alone["recover_seconds"],
         "paired_ratio": median(pairs),
+        "backlog_events_per_second": rates,
     }
 
 
 if __name__ == "__main__":
     asked = json.loads(sys.stdin.read())
-    print(json.dumps(asdict(recover_here(asked["url"], Path(asked["agent_state"])))))
+    url, agent_path = asked["url"], Path(asked["agent_state"])
+    if asked["step"] == "recover":
+        print(json.dumps(asdict(recover_here(url, agent_path))))
+    else:
+        print(json.dumps(catch_up_here(url, agent_path, put_back=asked["step"].startswith("put back"))))

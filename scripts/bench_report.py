@@ -36,7 +36,8 @@ answer validated) instead of called in this process; pairs run back to back.
 [b]Fleet[/]: N agents in one server process (own paths), every task running; an idle cycle polls all at once and
 writes nothing; the busy cycle follows 10% of the tasks ending; RSS is the engine's process (it did nothing else).
 [b]Recovery[/]: see scripts/bench_recovery.py: real in-flight commands, history written through the real aggregates;
-each recovery is timed in a process of its own, as an engine's start is.
+each recovery is timed in a process of its own, as an engine's start is; so is each catch-up of the history's backlog,
+from the same read models (the commands in flight) put back before each.
 [b]Queries[/]: synthetic rows bulk-loaded into proj_entity_tasks (scripts/bench_queries.py); "api" is
 ReadModelQueries.has_running_tasks (a read transaction per question), "bare" the same SELECT on one open connection.
 [b]Retention[/]: a history of ended RemoveVm commands (6 events each, written through the real aggregates) beside

@@ -62,7 +62,8 @@ def targets(backends: dict[str, Any]) -> list[dict[str, Any]]:
                     {
                         "target": "... and of a backlog of ended history >= 20,000 events/s",
                         "backend": backend,
-                        "figure": f"{figure(rate)} events/s ({rec['history']:,} ended commands, 6 events each)",
+                        "figure": f"{figure(rate)} events/s ({rec['history']:,} ended commands, 6 events each;"
+                        f" median of {len(rec.get('backlog_events_per_second', [rate]))})",
                         "met": rate >= 20_000,
                     }
                 )
