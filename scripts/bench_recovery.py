@@ -17,9 +17,9 @@ written: recovery reads neither for ended commands.
 
 The read models' catch-up of that history (the backlog) is timed as many
 times as the recoveries, each in a process of its own: the read models'
-tables are copied aside before the first (the commands in flight, caught up)
-and put back before each of the others, so that each catches up the same
-600,000 events into the same tables.
+tables are copied aside before the history is written (the commands in
+flight, caught up) and put back before each run, so that each catches up the
+same 600,000 events into the same tables.
 """
 
 from __future__ import annotations
@@ -184,10 +184,15 @@ def time_recovery(rs: RecoveryStore) -> RecoveryRun:
     return RecoveryRun(**in_a_process(rs, "recover"))
 
 
-def time_backlog(rs: RecoveryStore, first: bool) -> dict[str, float]:
-    """Time the catch-up of the history in a fresh process (`catch_up_here`), from the read models
-    `keep_read_models` kept (put back first, but before the first time)."""
-    return in_a_process(rs, "catch up" if first else "put back, catch up")
+def time_backlog(rs: RecoveryStore) -> dict[str, float]:
+    """Put back the read models `keep_read_models` kept (not timed), then time their catch-up of the
+    history in a fresh process (`catch_up_here`)."""
+    orch = Orchestrator.open(rs.store.url, agent_state=rs.agent_state, create=False)
+    try:
+        put_back_read_models(orch)
+    finally:
+        orch.close()
+    return in_a_process(rs, "catch up")
 
 
 def in_a_process(rs: RecoveryStore, step: str) -> dict[str, Any]:
@@ -203,12 +208,10 @@ def in_a_process(rs: RecoveryStore, step: str) -> dict[str, Any]:
     return answer
 
 
-def catch_up_here(url: str, agent_state: Path, put_back: bool) -> dict[str, Any]:
+def catch_up_here(url: str, agent_state: Path) -> dict[str, Any]:
     """Open the store cold and time the read models' catch-up of what they lack."""
     orch = Orchestrator.open(url, agent_state=agent_state, create=False)
     try:
-        if put_back:
-            put_back_read_models(orch)
         watch = Stopwatch()
         events = orch.read_models.runner.catch_up()
         seconds = watch.seconds
@@ -262,7 +265,7 @@ def run_section(run: SectionRun) -> dict[str, Any]:
         stores.append(build_in_flight(run.scratch, run.backend, in_flight))
         stores.append(build_in_flight(run.scratch, run.backend, in_flight))
         add_history(stores[1], history)
-        backlog_runs = [time_backlog(stores[1], first=n == 1) for n in range(1, run.runs + 1)]
+        backlog_runs = [time_backlog(stores[1]) for _ in range(run.runs)]
         rates = [r["events_per_second"] for r in backlog_runs]
         stores[1].setup["history_catch_up_seconds"] = median([r["seconds"] for r in backlog_runs])
         stores[1].setup["history_catch_up_events_per_second"] = median(rates)
@@ -298,4 +301,4 @@ if __name__ == "__main__":
     if asked["step"] == "recover":
         print(json.dumps(asdict(recover_here(url, agent_path))))
     else:
-        print(json.dumps(catch_up_here(url, agent_path, put_back=asked["step"].startswith("put back"))))
+        print(json.dumps(catch_up_here(url, agent_path)))

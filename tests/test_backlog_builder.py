@@ -31,7 +31,13 @@ from orchestrator.testing import SimulatedAgent
 from projections.backlog import BacklogBuilder
 from projections.runner import ReadModelRunner
 from tests.conftest import events_table, invariants_hold, store_sql, wait_for
-from tests.test_catch_up_races import assert_equal_to_a_rebuild, assert_whole, finished, forget_read_models
+from tests.test_catch_up_races import (
+    assert_equal_to_a_rebuild,
+    assert_whole,
+    finished,
+    forget_read_models,
+    rows_of_each_batch,
+)
 
 BATCH = 40  # events a batch: a dozen RemoveVm make several
 
@@ -85,14 +91,7 @@ def test_a_backlog_handed_to_the_worker_is_written_in_larger_bounded_batches(
     monkeypatch.setattr(orch.read_models.tables, "builds_catch_up_unlocked", True)
     monkeypatch.setattr(runner_module, "LOCKED_ROWS", 5)
     monkeypatch.setattr(runner_module, "MIN_BATCH", 2)
-    written: list[int] = []
-    real = runner_module._CatchUpBatch.write
-
-    def write(batch: Any, cur: Any, tables: Any) -> None:
-        written.append(batch.writes.rows_written)
-        real(batch, cur, tables)
-
-    monkeypatch.setattr(runner_module._CatchUpBatch, "write", write)
+    written = rows_of_each_batch(monkeypatch)
     batches: dict[int, int] = {}
     for backlog_rows in (5, 20):  # the same backlog, under the short one's bound, then four times it
         forget_read_models(orch)

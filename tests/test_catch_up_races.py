@@ -73,6 +73,19 @@ def assert_whole(orch: Orchestrator, agent_state: Path, ids: list[Any]) -> None:
     invariants_hold(orch, agent_state, expected_commands=ids)
 
 
+def rows_of_each_batch(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows each catch-up batch writes from now on, in order, as they are written."""
+    written: list[int] = []
+    real = runner_module._CatchUpBatch.write
+
+    def write(batch: Any, cur: Any, tables: Any) -> None:
+        written.append(batch.writes.rows_written)
+        real(batch, cur, tables)
+
+    monkeypatch.setattr(runner_module._CatchUpBatch, "write", write)
+    return written
+
+
 def finished(orch: Orchestrator, agent: SimulatedAgent, vms: int) -> list[Any]:
     orch.seed(vms, 2)
     ids = [orch.submit("RemoveVm", {"vm_id": f"vm-{n:04d}"}).command_id for n in range(1, vms + 1)]
@@ -134,14 +147,7 @@ def test_a_long_backlog_is_written_in_batches_of_bounded_rows(
     monkeypatch.setattr(orch.read_models.tables, "builds_catch_up_unlocked", True)
     monkeypatch.setattr(runner_module, "LOCKED_ROWS", 15)
     monkeypatch.setattr(runner_module, "MIN_BATCH", 5)
-    written: list[int] = []
-    real = runner_module._CatchUpBatch.write
-
-    def write(batch: Any, cur: Any, tables: Any) -> None:
-        written.append(batch.writes.rows_written)
-        real(batch, cur, tables)
-
-    monkeypatch.setattr(runner_module._CatchUpBatch, "write", write)
+    written = rows_of_each_batch(monkeypatch)
     orch.read_models.runner.catch_up(batch_size=60)
     # The first batch is the largest (nothing is known yet); the later ones write about 15 rows,
     # give or take the rows of a few events (an Accepted writes dozens, an inventory event none).
